@@ -1,0 +1,1 @@
+"""Data sources, the Arrow cache and the LightningDataModule."""

@@ -1,0 +1,160 @@
+"""Split one behaviour history into a long-term sequence and K short-term sessions.
+
+Every data source (MovieLens, Amazon, Taobao, the prepared-sample table, the synthetic
+generator) calls :func:`split_history` with the same :class:`SequenceOptions`, so the long/short
+protocol is defined once.
+
+Protocol:
+- ``chunk``: the latest ``K * N`` behaviours form the sessions, cut from the end into chunks of
+  ``N`` (the latest chunk is session ``K``; a short history gives fewer, and the first present
+  session may hold fewer than ``N``).
+- ``time_gap``: a new session starts where two consecutive behaviours are more than
+  ``session_gap_seconds`` apart; the latest ``K`` sessions are kept, each with its latest ``N``
+  behaviours (older behaviours of an over-long session are not in the short part).
+- The long-term sequence is the history before the earliest kept session (its latest ``L``
+  behaviours), so the two parts are disjoint, as the paper splits them; with
+  ``long_includes_short`` it is the latest ``L`` behaviours of the whole history instead, as
+  FuxiCTR's long-sequence models read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from ..batch import PAD_ID
+
+__all__ = ["SequenceOptions", "SplitHistory", "split_history"]
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """How a history becomes a long-term sequence and sessions.
+
+    Attributes:
+        long_len: ``L``, the most long-term behaviours kept.
+        num_sessions: ``K``, the most short-term sessions kept.
+        session_len: ``N``, the most behaviours per session.
+        session_split: ``"chunk"`` (fixed-size chunks) or ``"time_gap"`` (needs timestamps).
+        session_gap_seconds: the gap that starts a new session in ``time_gap`` mode.
+        long_includes_short: let the long-term sequence overlap the sessions.
+    """
+
+    long_len: int = 100
+    num_sessions: int = 4
+    session_len: int = 5
+    session_split: Literal["chunk", "time_gap"] = "chunk"
+    session_gap_seconds: float = 86_400.0
+    long_includes_short: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("long_len", "num_sessions", "session_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.session_split not in ("chunk", "time_gap"):
+            raise ValueError(f"session_split must be 'chunk' or 'time_gap', got {self.session_split!r}")
+        if self.session_gap_seconds <= 0:
+            raise ValueError(f"session_gap_seconds must be positive, got {self.session_gap_seconds!r}")
+
+    def as_key(self) -> dict[str, object]:
+        """The options as a plain dict, for cache keys."""
+        return asdict(self)
+
+
+@dataclass
+class SplitHistory:
+    """Fixed-shape arrays of one sample's behaviours (int64, ``PAD_ID`` where empty).
+
+    Attributes:
+        long_items, long_cates: shape ``(L,)``, padded at the front.
+        session_items, session_cates: shape ``(K, N)``; missing sessions at the front, each
+            session padded at the front.
+    """
+
+    long_items: np.ndarray
+    long_cates: np.ndarray
+    session_items: np.ndarray
+    session_cates: np.ndarray
+
+
+def _pad_front(values: np.ndarray, length: int) -> np.ndarray:
+    out = np.full(length, PAD_ID, dtype=np.int64)
+    if len(values):
+        tail = values[-length:]
+        out[length - len(tail):] = tail
+    return out
+
+
+def _session_bounds(
+    length: int, times: Optional[np.ndarray], options: SequenceOptions
+) -> list[tuple[int, int]]:
+    """Half-open index ranges of the kept sessions, oldest first (at most K)."""
+    if length == 0:
+        return []
+    if options.session_split == "chunk":
+        short = min(length, options.num_sessions * options.session_len)
+        start = length - short
+        bounds = []
+        end = length
+        while end > start:
+            begin = max(start, end - options.session_len)
+            bounds.append((begin, end))
+            end = begin
+        return bounds[::-1]
+    assert times is not None
+    breaks = np.flatnonzero(np.diff(times) > options.session_gap_seconds) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [length]])
+    kept = list(zip(starts.tolist(), ends.tolist()))[-options.num_sessions:]
+    return kept
+
+
+def split_history(
+    items: np.ndarray,
+    cates: np.ndarray,
+    options: SequenceOptions,
+    times: Optional[np.ndarray] = None,
+) -> SplitHistory:
+    """Split a time-ordered history (oldest first) into the long-term part and sessions.
+
+    Args:
+        items: int array of shape ``(H,)``, vocabulary ids (``>= 2``), oldest first.
+        cates: int array of shape ``(H,)``, their category ids.
+        options: the split protocol.
+        times: optional array of shape ``(H,)``, unix seconds, non-decreasing; required by
+            ``session_split="time_gap"``.
+
+    Returns:
+        :class:`SplitHistory` with arrays of shapes ``(L,)`` and ``(K, N)``.
+
+    Raises:
+        ValueError: mismatched lengths, or ``time_gap`` without ``times``.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    cates = np.asarray(cates, dtype=np.int64)
+    if items.shape != cates.shape or items.ndim != 1:
+        raise ValueError(f"items and cates must be 1-d of equal length, got shapes {items.shape} and {cates.shape}")
+    if options.session_split == "time_gap":
+        if times is None:
+            raise ValueError("times is required when session_split='time_gap' (this source has no timestamps: use 'chunk')")
+        times = np.asarray(times)
+        if times.shape != items.shape:
+            raise ValueError(f"times must have shape {items.shape} like items, got {times.shape}")
+    num_sessions, session_len = options.num_sessions, options.session_len
+    bounds = _session_bounds(len(items), times, options)
+    session_items = np.full((num_sessions, session_len), PAD_ID, dtype=np.int64)
+    session_cates = np.full((num_sessions, session_len), PAD_ID, dtype=np.int64)
+    offset = num_sessions - len(bounds)
+    for row, (begin, end) in enumerate(bounds, start=offset):
+        session_items[row] = _pad_front(items[begin:end], session_len)
+        session_cates[row] = _pad_front(cates[begin:end], session_len)
+    long_end = len(items) if options.long_includes_short or not bounds else bounds[0][0]
+    return SplitHistory(
+        long_items=_pad_front(items[:long_end], options.long_len),
+        long_cates=_pad_front(cates[:long_end], options.long_len),
+        session_items=session_items,
+        session_cates=session_cates,
+    )

@@ -1,0 +1,155 @@
+"""The fusion layers that iFusion replaces, behind the same contract.
+
+Each takes ``(long_dim, session_dim, fusion_dim)`` and returns a :class:`FusionOutput`, so a
+same-host, same-data comparison swaps one class name. Missing inputs follow what a standard
+model does: a missing long-term interest (``long_mask`` False) is a zero vector, missing
+sessions are left out of the pooling, and a row with no session pools to zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .contract import FusionLayer, FusionOutput, masked_mean
+
+__all__ = ["ConcatFusion", "GateFusion", "AttentionFusion"]
+
+
+def _zero_missing_long(h_long: Tensor, long_mask: Optional[Tensor]) -> Tensor:
+    if long_mask is None:
+        return h_long
+    return h_long * long_mask.to(h_long.dtype).unsqueeze(-1)
+
+
+def _session_mask_or_all(h_sessions: Tensor, session_mask: Optional[Tensor]) -> Tensor:
+    if session_mask is None:
+        return torch.ones(h_sessions.shape[:2], dtype=torch.bool, device=h_sessions.device)
+    return session_mask
+
+
+class ConcatFusion(FusionLayer):
+    """Concatenation: ``Linear([h_long, mean of present sessions])``.
+
+    The linear projection only fixes the output width to ``fusion_dim``; the host's MLP head
+    starts with a linear layer, so the projection adds no expressive power over a plain concat.
+
+    Args:
+        long_dim, session_dim, fusion_dim, validate_inputs: see :class:`FusionLayer`.
+
+    Example:
+        >>> fusion = ConcatFusion(long_dim=32, session_dim=16, fusion_dim=8)
+        >>> fusion(torch.randn(4, 32), torch.randn(4, 3, 16)).fused.shape
+        torch.Size([4, 8])
+    """
+
+    def __init__(
+        self,
+        long_dim: int,
+        session_dim: int,
+        fusion_dim: int = 64,
+        *,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
+        self.projection = nn.Linear(long_dim + session_dim, fusion_dim)
+
+    def forward(
+        self,
+        h_long: Tensor,
+        h_sessions: Tensor,
+        session_mask: Optional[Tensor] = None,
+        long_mask: Optional[Tensor] = None,
+    ) -> FusionOutput:
+        self._check_inputs(h_long, h_sessions, session_mask, long_mask)
+        pooled = masked_mean(h_sessions, _session_mask_or_all(h_sessions, session_mask))
+        fused = self.projection(torch.cat([_zero_missing_long(h_long, long_mask), pooled], dim=-1))
+        return FusionOutput(fused=fused)
+
+
+class GateFusion(FusionLayer):
+    """Gated sum: ``g * P_L(h_long) + (1 - g) * P_S(pooled)``, ``g = sigmoid(W [P_L, P_S])``.
+
+    The gate is per example and per dimension, as in the gated fusion of long- and short-term
+    interests (e.g. SDM, Lv et al. 2019).
+
+    Args:
+        long_dim, session_dim, fusion_dim, validate_inputs: see :class:`FusionLayer`.
+    """
+
+    def __init__(
+        self,
+        long_dim: int,
+        session_dim: int,
+        fusion_dim: int = 64,
+        *,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
+        self.long_projection = nn.Linear(long_dim, fusion_dim)
+        self.session_projection = nn.Linear(session_dim, fusion_dim)
+        self.gate = nn.Linear(2 * fusion_dim, fusion_dim)
+
+    def forward(
+        self,
+        h_long: Tensor,
+        h_sessions: Tensor,
+        session_mask: Optional[Tensor] = None,
+        long_mask: Optional[Tensor] = None,
+    ) -> FusionOutput:
+        self._check_inputs(h_long, h_sessions, session_mask, long_mask)
+        long_part = self.long_projection(_zero_missing_long(h_long, long_mask))
+        pooled = masked_mean(h_sessions, _session_mask_or_all(h_sessions, session_mask))
+        short_part = self.session_projection(pooled)
+        gate = torch.sigmoid(self.gate(torch.cat([long_part, short_part], dim=-1)))
+        return FusionOutput(fused=gate * long_part + (1.0 - gate) * short_part)
+
+
+class AttentionFusion(FusionLayer):
+    """Attention fusion: the long-term interest queries the sessions, then a residual sum.
+
+    ``fused = P_L(h_long) + MultiheadAttention(q=P_L(h_long), kv=P_S(h_sessions))`` over the
+    present sessions; a row without sessions gets ``P_L(h_long)`` alone.
+
+    Args:
+        long_dim, session_dim, fusion_dim, validate_inputs: see :class:`FusionLayer`.
+        num_heads: attention heads; must divide ``fusion_dim``.
+    """
+
+    def __init__(
+        self,
+        long_dim: int,
+        session_dim: int,
+        fusion_dim: int = 64,
+        *,
+        num_heads: int = 4,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
+        if num_heads <= 0 or fusion_dim % num_heads != 0:
+            raise ValueError(f"num_heads must be a positive divisor of fusion_dim={fusion_dim}, got {num_heads}")
+        self.long_projection = nn.Linear(long_dim, fusion_dim)
+        self.session_projection = nn.Linear(session_dim, fusion_dim)
+        self.attention = nn.MultiheadAttention(fusion_dim, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(fusion_dim)
+
+    def forward(
+        self,
+        h_long: Tensor,
+        h_sessions: Tensor,
+        session_mask: Optional[Tensor] = None,
+        long_mask: Optional[Tensor] = None,
+    ) -> FusionOutput:
+        self._check_inputs(h_long, h_sessions, session_mask, long_mask)
+        query = self.long_projection(_zero_missing_long(h_long, long_mask)).unsqueeze(1)
+        keys = self.session_projection(h_sessions)
+        present = _session_mask_or_all(h_sessions, session_mask)
+        # A row with no session would make softmax over an empty set NaN: let it attend to
+        # everything, then zero the result below.
+        has_any = present.any(dim=1)
+        key_padding = ~(present | ~has_any.unsqueeze(1))
+        attended, _ = self.attention(query, keys, keys, key_padding_mask=key_padding, need_weights=False)
+        attended = attended.squeeze(1) * has_any.to(attended.dtype).unsqueeze(-1)
+        return FusionOutput(fused=self.norm(query.squeeze(1) + attended))

@@ -1,0 +1,1 @@
+"""Host CTR models (AvgPoolDNN, DIN, SIM, TWIN) with a pluggable fusion slot."""
