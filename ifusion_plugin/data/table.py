@@ -1,0 +1,372 @@
+"""Bring your own samples: read a prepared CTR sample table into the common batch layout.
+
+The format (one row per impression, the behaviour history attached):
+
+======================  ==========================  =========================================
+column                  type                        meaning
+======================  ==========================  =========================================
+``user_id``             int or string, required     the user
+``item_id``             int or string, required     the candidate item
+``label``               0/1 (int, bool or float)    clicked or not, required
+``item_history``        list of item ids, required  earlier behaviours, oldest first; may be empty
+``cate_id``             int or string, optional     the candidate's category
+``cate_history``        list, optional              categories of ``item_history``
+``history_timestamps``  list of unix seconds, opt.  times of ``item_history`` (time-gap sessions)
+``timestamp``           unix seconds, optional      time of the impression (kept, not used)
+``split``               train / valid / test, opt.  when all splits are in one file
+any other column        int or string               a context feature, if named in ``context_columns``
+======================  ==========================  =========================================
+
+Splits come either as separate files (``train``, ``valid``, ``test`` with the ending
+``.parquet`` or ``.csv``) in one directory, or as one file with a ``split`` column. In CSV a
+list column is a string of ids separated by ``list_separator`` (a space by default).
+
+Vocabularies are built from the train split only (candidates and histories); an id unseen in
+train maps to the out-of-vocabulary index ``OOV_ID`` (1) and never raises. Missing category
+columns give every item the category ``OOV_ID``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from ..batch import FIRST_ID, OOV_ID, PAD_ID
+from .sequences import SequenceOptions, split_history
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "LIST_COLUMNS",
+    "SPLITS",
+    "Vocabulary",
+    "TableVocabularies",
+    "find_split_files",
+    "read_split_tables",
+    "validate_table",
+    "build_vocabularies",
+    "encode_table",
+]
+
+REQUIRED_COLUMNS = ("user_id", "item_id", "label", "item_history")
+LIST_COLUMNS = ("item_history", "cate_history", "history_timestamps")
+SPLITS = ("train", "valid", "test")
+_SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
+_ENDINGS = (".parquet", ".csv")
+
+
+class Vocabulary:
+    """Maps raw ids (ints or strings) to contiguous indices: 0 padding, 1 OOV, known ids from 2.
+
+    Args:
+        values: the raw ids seen in train, in any order, duplicates allowed.
+    """
+
+    def __init__(self, values: Iterable[object]) -> None:
+        known = pa.array(list(values)) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
+        unique = pc.unique(known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known)
+        unique = unique.filter(pc.is_valid(unique))
+        # Sorted so the mapping does not depend on row order.
+        self._keys = pc.take(unique, pc.sort_indices(unique))
+
+    def __len__(self) -> int:
+        """Size of the index space, padding and OOV included."""
+        return len(self._keys) + FIRST_ID
+
+    @property
+    def keys(self) -> pa.Array:
+        """The known raw ids; ``keys[i]`` has index ``i + 2``."""
+        return self._keys
+
+    def encode(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Indices of ``values`` (int64 array of the same length); unseen or null ids give ``OOV_ID``."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if len(self._keys) and values.type != self._keys.type:
+            try:
+                values = values.cast(self._keys.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values = values.cast(pa.string())
+                keys = self._keys.cast(pa.string())
+                positions = pc.index_in(values, value_set=keys)
+                return _positions_to_ids(positions)
+        positions = pc.index_in(values, value_set=self._keys)
+        return _positions_to_ids(positions)
+
+
+def _positions_to_ids(positions: pa.Array) -> np.ndarray:
+    filled = pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(filled >= 0, filled + FIRST_ID, OOV_ID)
+
+
+@dataclass
+class TableVocabularies:
+    """The vocabularies of one table dataset, built from its train split."""
+
+    users: Vocabulary
+    items: Vocabulary
+    cates: Optional[Vocabulary]
+    context: dict[str, Vocabulary]
+
+
+def find_split_files(root: str) -> dict[str, str]:
+    """Locate the split files of a table dataset.
+
+    Args:
+        root: a directory with ``train``/``valid``/``test`` files (``.parquet`` or ``.csv``), or
+            one ``.parquet``/``.csv`` file with a ``split`` column.
+
+    Returns:
+        ``{"train": path, "valid": path, "test": path}``; the three paths are the same file when
+        the splits come from a ``split`` column.
+
+    Raises:
+        FileNotFoundError: nothing usable at ``root``, naming what was looked for.
+    """
+    if os.path.isfile(root):
+        if not root.endswith(_ENDINGS):
+            raise FileNotFoundError(f"root {root!r} must be a directory or a .parquet/.csv file")
+        return {split: root for split in SPLITS}
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"root {root!r} does not exist (expected a directory with train/valid/test files)")
+    found: dict[str, str] = {}
+    for split in SPLITS:
+        for ending in _ENDINGS:
+            path = os.path.join(root, split + ending)
+            if os.path.isfile(path):
+                found[split] = path
+                break
+    if len(found) == len(SPLITS):
+        return found
+    singles = [os.path.join(root, name) for name in sorted(os.listdir(root)) if name.endswith(_ENDINGS)]
+    if not found and len(singles) == 1:
+        return {split: singles[0] for split in SPLITS}
+    missing = [split for split in SPLITS if split not in found]
+    raise FileNotFoundError(
+        f"root {root!r} must hold train, valid and test files (.parquet or .csv) or a single file with a "
+        f"'split' column; missing {missing}"
+    )
+
+
+def _read_file(path: str, list_separator: str) -> pa.Table:
+    if path.endswith(".parquet"):
+        return pq.read_table(path)
+    table = pa_csv.read_csv(path)
+    for name in LIST_COLUMNS:
+        if name in table.column_names:
+            column = table[name]
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type):
+                text = pc.fill_null(column.cast(pa.string()), "")
+                stripped = pc.utf8_trim_whitespace(text)
+                split = pc.split_pattern(stripped, pattern=list_separator) if list_separator != " " else pc.utf8_split_whitespace(stripped)
+                # An empty string is an empty history, not a list holding "".
+                split = pc.if_else(pc.equal(stripped, ""), pa.scalar([], type=pa.list_(pa.string())), split)
+                table = table.set_column(table.column_names.index(name), name, split)
+    return table
+
+
+def read_split_tables(root: str, list_separator: str = " ") -> dict[str, pa.Table]:
+    """Read the three splits of a table dataset, validated.
+
+    Args:
+        root: see :func:`find_split_files`.
+        list_separator: separator of list columns in CSV files.
+
+    Returns:
+        ``{"train": table, "valid": table, "test": table}``.
+
+    Raises:
+        FileNotFoundError: see :func:`find_split_files`.
+        ValueError: a validation error from :func:`validate_table`, or a single file whose
+            ``split`` column is missing or holds an unknown value.
+    """
+    files = find_split_files(root)
+    tables: dict[str, pa.Table] = {}
+    if len(set(files.values())) == 1:
+        path = files["train"]
+        table = _read_file(path, list_separator)
+        if "split" not in table.column_names:
+            raise ValueError(f"{path}: a single-file table needs a 'split' column with values train/valid/test")
+        names = pc.utf8_lower(table["split"].cast(pa.string()))
+        unknown = pc.unique(pc.filter(names, pc.invert(pc.is_in(names, value_set=pa.array(list(_SPLIT_ALIASES))))))
+        if len(unknown):
+            raise ValueError(
+                f"{path}: column 'split' must hold train/valid/test (or val/validation), got {unknown.to_pylist()[:5]}"
+            )
+        for split in SPLITS:
+            aliases = [alias for alias, target in _SPLIT_ALIASES.items() if target == split]
+            tables[split] = table.filter(pc.is_in(names, value_set=pa.array(aliases)))
+    else:
+        for split, path in files.items():
+            tables[split] = _read_file(path, list_separator)
+    for split, table in tables.items():
+        validate_table(table, files[split])
+    return tables
+
+
+def validate_table(table: pa.Table, source: str) -> None:
+    """Check a table against the format; raise ``ValueError`` naming the file, column and row.
+
+    Empty histories are allowed (the zero-data case).
+    """
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{source}: missing required column(s) {missing}; required {list(REQUIRED_COLUMNS)}, "
+            f"found {table.column_names}"
+        )
+    for name in ("user_id", "item_id"):
+        column = table[name]
+        if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise ValueError(f"{source}: column {name!r} must hold integers or strings, got type {column.type}")
+        if column.null_count:
+            row = _first_row(pc.is_null(column))
+            raise ValueError(f"{source}: column {name!r} has a missing value at row {row}")
+    _validate_labels(table["label"], source)
+    for name in LIST_COLUMNS:
+        if name not in table.column_names:
+            continue
+        column = table[name]
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise ValueError(f"{source}: column {name!r} must be a list column (a list of ids per row), got type {column.type}")
+        if column.null_count:
+            row = _first_row(pc.is_null(column))
+            raise ValueError(f"{source}: column {name!r} is null at row {row} (write an empty list for no history)")
+    lengths = pc.list_value_length(table["item_history"])
+    for name in ("cate_history", "history_timestamps"):
+        if name in table.column_names:
+            differs = pc.not_equal(pc.list_value_length(table[name]), lengths)
+            if pc.any(differs).as_py():
+                row = _first_row(differs)
+                raise ValueError(
+                    f"{source}: column {name!r} must have as many entries as 'item_history' in every row; "
+                    f"row {row} has {pc.list_value_length(table[name])[row].as_py()} vs {lengths[row].as_py()}"
+                )
+    if "history_timestamps" in table.column_names:
+        values = pc.list_flatten(table["history_timestamps"])
+        if len(values) and not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+            raise ValueError(f"{source}: column 'history_timestamps' must hold numbers (unix seconds), got {values.type}")
+
+
+def _validate_labels(column: pa.ChunkedArray, source: str) -> None:
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
+        raise ValueError(f"{source}: column 'label' must be 0/1 numbers or booleans, got type {column.type}")
+    if column.null_count:
+        raise ValueError(f"{source}: column 'label' has a missing value at row {_first_row(pc.is_null(column))}")
+    if pa.types.is_boolean(column.type):
+        return
+    outside = pc.invert(pc.is_in(column.cast(pa.float64()), value_set=pa.array([0.0, 1.0])))
+    if pc.any(outside).as_py():
+        row = _first_row(outside)
+        raise ValueError(f"{source}: column 'label' must be 0 or 1; row {row} holds {column[row].as_py()!r}")
+
+
+def _first_row(flags: pa.ChunkedArray | pa.Array) -> int:
+    return int(np.flatnonzero(pc.fill_null(flags, False).to_numpy(zero_copy_only=False))[0])
+
+
+def build_vocabularies(train: pa.Table, context_columns: Sequence[str] = ()) -> TableVocabularies:
+    """Vocabularies from the train split: candidates and histories share the item space."""
+    for name in context_columns:
+        if name not in train.column_names:
+            raise ValueError(f"context_columns names {name!r}, which the table does not have (columns: {train.column_names})")
+    items = pa.chunked_array(
+        [train["item_id"].combine_chunks(), pc.list_flatten(train["item_history"]).cast(train["item_id"].type)]
+    )
+    cates = None
+    if "cate_id" in train.column_names:
+        parts = [train["cate_id"].combine_chunks()]
+        if "cate_history" in train.column_names:
+            parts.append(pc.list_flatten(train["cate_history"]).cast(train["cate_id"].type))
+        cates = Vocabulary(pa.chunked_array(parts))
+    return TableVocabularies(
+        users=Vocabulary(train["user_id"]),
+        items=Vocabulary(items),
+        cates=cates,
+        context={name: Vocabulary(train[name]) for name in context_columns},
+    )
+
+
+def encode_table(
+    table: pa.Table,
+    vocabularies: TableVocabularies,
+    options: SequenceOptions,
+    context_columns: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Encode a validated table into the stored sample columns of :data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`.
+
+    Returns:
+        Columns ``user``, ``target_item``, ``target_cate``, ``label`` of shape ``(R,)``,
+        ``long_items``/``long_cates`` of shape ``(R, L)``, ``session_items``/``session_cates``
+        of shape ``(R, K, N)``, and ``context`` of shape ``(R, C)`` when ``context_columns`` is
+        not empty.
+
+    Raises:
+        ValueError: ``time_gap`` sessions without a ``history_timestamps`` column.
+    """
+    rows = table.num_rows
+    item_type = vocabularies.items.keys.type
+    history = table["item_history"].combine_chunks()
+    offsets = history.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    flat_items = vocabularies.items.encode(history.flatten().cast(item_type) if len(history.flatten()) else history.flatten())
+    if vocabularies.cates is not None and "cate_history" in table.column_names:
+        cate_hist = table["cate_history"].combine_chunks()
+        flat_cates = vocabularies.cates.encode(cate_hist.flatten())
+    else:
+        flat_cates = np.full(len(flat_items), OOV_ID, dtype=np.int64)
+    flat_times: Optional[np.ndarray] = None
+    if options.session_split == "time_gap":
+        if "history_timestamps" not in table.column_names:
+            raise ValueError("session_split='time_gap' needs a 'history_timestamps' column; the table has none (use 'chunk')")
+        flat_times = table["history_timestamps"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+
+    long_items = np.zeros((rows, options.long_len), dtype=np.int64)
+    long_cates = np.zeros_like(long_items)
+    session_items = np.zeros((rows, options.num_sessions, options.session_len), dtype=np.int64)
+    session_cates = np.zeros_like(session_items)
+    for row in range(rows):
+        begin, end = offsets[row], offsets[row + 1]
+        parts = split_history(
+            flat_items[begin:end],
+            flat_cates[begin:end],
+            options,
+            times=None if flat_times is None else flat_times[begin:end],
+        )
+        long_items[row], long_cates[row] = parts.long_items, parts.long_cates
+        session_items[row], session_cates[row] = parts.session_items, parts.session_cates
+
+    if vocabularies.cates is not None and "cate_id" in table.column_names:
+        target_cate = vocabularies.cates.encode(table["cate_id"])
+    else:
+        target_cate = np.full(rows, OOV_ID, dtype=np.int64)
+    columns: dict[str, np.ndarray] = {
+        "user": vocabularies.users.encode(table["user_id"]),
+        "target_item": vocabularies.items.encode(table["item_id"]),
+        "target_cate": target_cate,
+        "long_items": long_items,
+        "long_cates": long_cates,
+        "session_items": session_items,
+        "session_cates": session_cates,
+        "label": table["label"].cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32),
+    }
+    if context_columns:
+        columns["context"] = np.stack([vocabularies.context[name].encode(table[name]) for name in context_columns], axis=1)
+    assert PAD_ID == 0  # the zero-initialised arrays above rely on it
+    return columns
+
+
+def vocabulary_sizes(vocabularies: TableVocabularies, context_columns: Sequence[str] = ()) -> Mapping[str, object]:
+    """Sizes for a :class:`~ifusion_plugin.batch.FeatureSpec`."""
+    return {
+        "num_users": len(vocabularies.users),
+        "num_items": len(vocabularies.items),
+        "num_cates": len(vocabularies.cates) if vocabularies.cates is not None else FIRST_ID,
+        "context_cardinalities": tuple(len(vocabularies.context[name]) for name in context_columns),
+    }
