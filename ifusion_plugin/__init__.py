@@ -5,7 +5,7 @@ The fusion layers are importable from here without Lightning or datasets install
     from ifusion_plugin import InterestFusion, ConcatFusion, GateFusion
 """
 
-from .fusion import AttentionFusion, ConcatFusion, FusionFactory, FusionLayer, FusionOutput, GateFusion
+from .fusion import AttentionFusion, ConcatFusion, FusionFactory, FusionLayer, FusionOutput, GateFusion, InterestFusion
 
 __version__ = "0.1.0"
 
@@ -16,5 +16,6 @@ __all__ = [
     "FusionLayer",
     "FusionOutput",
     "GateFusion",
+    "InterestFusion",
     "__version__",
 ]

@@ -1,1 +1,24 @@
-"""Data sources, the Arrow cache and the LightningDataModule."""
+"""Data sources, the Arrow cache and the LightningDataModules (imports lightning and datasets)."""
+
+from .datamodule import (
+    AmazonBooksDIENDataModule,
+    AmazonGroceryDataModule,
+    CTRDataModule,
+    MovieLens1MDataModule,
+    SyntheticDataModule,
+    TaobaoDataModule,
+    build_ctr_samples,
+)
+from .sequences import SequenceOptions, split_history
+
+__all__ = [
+    "AmazonBooksDIENDataModule",
+    "AmazonGroceryDataModule",
+    "CTRDataModule",
+    "MovieLens1MDataModule",
+    "SequenceOptions",
+    "SyntheticDataModule",
+    "TaobaoDataModule",
+    "build_ctr_samples",
+    "split_history",
+]

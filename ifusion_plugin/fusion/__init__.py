@@ -2,6 +2,10 @@
 
 from .baselines import AttentionFusion, ConcatFusion, GateFusion
 from .contract import FusionFactory, FusionLayer, FusionOutput, masked_mean
+from .denoisers import MARN, NARMLP, NARAttention, build_denoiser
+from .guidance import GuidanceEncoder
+from .interest_fusion import InterestFusion
+from .schedule import NoiseSchedule, extract
 
 __all__ = [
     "AttentionFusion",
@@ -10,5 +14,13 @@ __all__ = [
     "FusionLayer",
     "FusionOutput",
     "GateFusion",
+    "GuidanceEncoder",
+    "InterestFusion",
+    "MARN",
+    "NARAttention",
+    "NARMLP",
+    "NoiseSchedule",
+    "build_denoiser",
+    "extract",
     "masked_mean",
 ]

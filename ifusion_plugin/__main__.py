@@ -1,0 +1,7 @@
+"""``python -m ifusion_plugin fit --config recipes/twin.yaml``: the same as ``python -m ifusion_plugin.cli``."""
+
+import sys
+
+from .cli import main
+
+main(sys.argv[1:])

@@ -1,0 +1,149 @@
+"""Command line: ``python -m ifusion_plugin.cli {fit,validate,test,predict} --config recipes/twin.yaml``.
+
+A thin :class:`~lightning.pytorch.cli.LightningCLI`: the model is a :class:`~ifusion_plugin.task.CTRTask`
+whose host (and the host's fusion layer) is a ``class_path`` in YAML, the data any subclass of
+``CTRDataModule``. The datamodule's ``feature_spec`` is linked to the task once the datamodule
+exists, so vocabulary sizes are never written by hand.
+
+Differences from a plain ``LightningCLI``:
+
+- ``fit --run_test true`` tests after training, on the **best** checkpoint of the trainer's
+  ``ModelCheckpoint`` (``ckpt_path="best"``; the recipes monitor ``val_auc``), or on the final
+  weights when no checkpoint was written (checkpointing turned off);
+- logs (CSV by default), checkpoints and the resolved ``config.yaml`` go under ``logs/``, never
+  into the working directory, where the config would overwrite a user's own file;
+- after ``fit``, ``validate`` and ``test`` a table of the final epoch metrics is printed;
+- ``predict`` writes ``user,target_item,prob`` rows to ``--predictions_path``
+  (default ``logs/predictions.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from typing import Any, Optional
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+from .task import CTRTask
+
+__all__ = ["CTRLightningCLI", "format_summary", "main"]
+
+#: Defaults every run gets unless the YAML or the command line says otherwise.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 1,
+    "default_root_dir": "logs",
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
+}
+
+
+def format_summary(metrics: dict[str, float], title: str) -> str:
+    """A two-column text table of ``metrics`` (sorted by name) under ``title``."""
+    if not metrics:
+        return f"{title}: no metrics logged"
+    width = max(len(name) for name in metrics)
+    rule = "-" * (width + 14)
+    rows = [f"{name:<{width}}  {value:>12.6f}" for name, value in sorted(metrics.items())]
+    return "\n".join([rule, title, rule, *rows, rule])
+
+
+class CTRLightningCLI(LightningCLI):
+    """LightningCLI with the ``data.feature_spec -> model.feature_spec`` link, ``--run_test`` and
+    a final metrics summary. Construct it like ``LightningCLI``; :func:`main` does so for
+    :class:`CTRTask` and ``CTRDataModule``.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # On instantiate: the spec is known only after the datamodule reads (or builds) its cache.
+        parser.link_arguments("data.feature_spec", "model.init_args.feature_spec", apply_on="instantiate")
+        # Added to every subcommand's parser (LightningCLI has no per-subcommand hook); only
+        # `fit` reads it, and it never reaches the Trainer methods.
+        parser.add_argument(
+            "--run_test",
+            type=bool,
+            default=False,
+            help="fit only: after training, run the test split on the best checkpoint "
+            "(ckpt_path='best'), or on the final weights when no checkpoint was saved",
+        )
+        parser.add_argument(
+            "--predictions_path",
+            type=str,
+            default=os.path.join("logs", "predictions.csv"),
+            help="predict only: CSV file receiving one 'user,target_item,prob' row per sample",
+        )
+
+    def predict(self, **kwargs: Any) -> None:
+        """``trainer.predict`` (called by LightningCLI instead of it), then the CSV file."""
+        batches = self.trainer.predict(**kwargs)
+        if not self.trainer.is_global_zero or batches is None:
+            return
+        path = self._get(self.config, "predictions_path")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["user", "target_item", "prob"])
+            for batch in batches:
+                # `batches` is a list of per-dataloader lists when predicting on several loaders.
+                for part in batch if isinstance(batch, list) else [batch]:
+                    rows = zip(part["user"].tolist(), part["target_item"].tolist(), part["prob"].tolist())
+                    writer.writerows(rows)
+        print(f"predictions written to {path}", flush=True)
+
+    def after_fit(self) -> None:
+        self._print_summary("fit (last validation)", prefixes=("val_", "train_"))
+        if not self._get(self.config, "run_test", False):
+            return
+        callback = self.trainer.checkpoint_callback
+        has_best = callback is not None and bool(getattr(callback, "best_model_path", ""))
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        self._print_summary("test (best checkpoint)" if has_best else "test (final weights)", prefixes=("test_",))
+
+    def after_validate(self) -> None:
+        self._print_summary("validate", prefixes=("val_",))
+
+    def after_test(self) -> None:
+        self._print_summary("test", prefixes=("test_",))
+
+    @rank_zero_only
+    def _print_summary(self, title: str, prefixes: tuple[str, ...]) -> None:
+        metrics = {
+            name: float(value)
+            for name, value in self.trainer.callback_metrics.items()
+            if name.startswith(prefixes) and getattr(value, "numel", lambda: 1)() == 1
+        }
+        print(format_summary(metrics, title), flush=True)
+
+
+def main(
+    args: Optional[list[str]] = None, *, datamodule_class: Optional[type[LightningDataModule]] = None
+) -> CTRLightningCLI:
+    """Run the CLI and return it (its ``trainer``, ``model`` and ``datamodule`` stay inspectable).
+
+    Args:
+        args: command-line arguments; ``None`` reads ``sys.argv[1:]``.
+        datamodule_class: base class of the accepted datamodules; ``None`` means
+            ``ifusion_plugin.data.CTRDataModule`` (any of its subclasses is accepted in YAML).
+    """
+    if datamodule_class is None:
+        from .data import CTRDataModule  # imported late: pulls in datasets/pyarrow
+
+        datamodule_class = CTRDataModule
+    return CTRLightningCLI(
+        CTRTask,
+        datamodule_class,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        args=args,
+        # config.yaml goes into the logger's directory under logs/; a rerun into an existing
+        # version directory would otherwise refuse to start.
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,749 @@
+"""LightningDataModules producing :class:`~ifusion_plugin.batch.CTRBatch` from cached Arrow splits.
+
+Protocol (DIN/DIEN, as ``/work/shared/benchmarks/ml1m_peer_split.py``): for a user's time-ordered
+sequence ``s`` of length ``n``: test = position ``n-1``, valid = ``n-2``, train = the up to
+``train_per_user`` latest positions ``p`` with ``min_train_position <= p <= n-3``. Each position
+gives one positive (``s[p]``, label 1) and one negative (an item drawn uniformly among the
+source's items, rejected while the user ever rated it; fixed seed), both with history
+``s[:p]`` split by :func:`~ifusion_plugin.data.sequences.split_history`. A history never
+contains its own or any later position, so the test item never enters a train history.
+
+Vocabularies: 0 pad, 1 OOV, known ids from 2 in sorted raw-id order. Items and categories are
+built from what train can see (train targets, train negatives and the histories up to the last
+train position); users from all users. An id unseen there maps to OOV.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Iterator, Literal, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+from torch.utils.data import DataLoader, Sampler
+
+from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, CTRBatch, FeatureSpec
+from .cache import load_or_build, cache_key
+from .sequences import SequenceOptions, split_history
+
+__all__ = ["CTRDataModule", "SyntheticDataModule", "MovieLens1MDataModule", "AmazonGroceryDataModule", "TaobaoDataModule", "AmazonBooksDIENDataModule", "build_ctr_samples"]
+
+log = logging.getLogger(__name__)
+OnBadLine = Literal["error", "skip"]
+
+
+class _RangeBatchSampler(Sampler[list[int]]):
+    """Yields whole batches as index lists: contiguous ranges, or shuffled ranges of a
+    per-epoch permutation (seeded by ``seed + epoch`` so runs repeat)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+            self.epoch += 1
+        else:
+            order = np.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+
+class _BatchDataset:
+    """Map-style dataset whose ``__getitem__`` takes a whole index batch and returns a CTRBatch.
+
+    Each column's Arrow chunks are viewed zero-copy as numpy arrays of shape ``(rows, *shape)``
+    over the memory-mapped cache (fixed-size lists are one flat int64 buffer), so a batch is a
+    numpy fancy-index per chunk: no per-row Python objects and no copy of the split in RAM.
+    """
+
+    def __init__(self, ds) -> None:
+        self.n = len(ds)
+        table = ds.data.table
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self.offsets = None
+        for name in table.column_names:
+            views, starts, start = [], [], 0
+            for chunk in table.column(name).chunks:
+                shape = [len(chunk)]
+                arr = chunk
+                while pa.types.is_fixed_size_list(arr.type):
+                    shape.append(arr.type.list_size)
+                    arr = arr.flatten()
+                views.append(arr.to_numpy(zero_copy_only=False).reshape(shape))
+                starts.append(start)
+                start += len(chunk)
+            self.columns[name] = views
+            self.offsets = np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index) -> CTRBatch:
+        idx = np.asarray(index, dtype=np.int64)
+        chunk_of = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = {}
+        for name, views in self.columns.items():
+            if len(views) == 1:
+                out[name] = views[0][idx]
+                continue
+            first = views[0]
+            col = np.empty((len(idx),) + first.shape[1:], dtype=first.dtype)
+            for c in np.unique(chunk_of):
+                sel = chunk_of == c
+                col[sel] = views[c][idx[sel] - self.offsets[c]]
+            out[name] = col
+        return CTRBatch.from_columns(out)
+
+
+def _identity(batch: CTRBatch) -> CTRBatch:
+    return batch
+
+
+def build_ctr_samples(
+    users: Sequence[int],
+    seqs: Sequence[np.ndarray],
+    cate_of: dict[int, int],
+    options: SequenceOptions,
+    *,
+    seed: int,
+    train_per_user: int = 20,
+    min_train_position: int = 20,
+    times: Optional[Sequence[np.ndarray]] = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
+    """Build the train/valid/test sample columns of the protocol described in the module doc.
+
+    Args:
+        users: raw user ids, one per sequence.
+        seqs: raw item ids per user, oldest first (int arrays of shape ``(n_u,)``).
+        cate_of: raw item id -> raw category id.
+        options: the long/short split.
+        seed: seed of negative sampling.
+        times: optional unix seconds per sequence (needed by ``time_gap``).
+
+    Returns:
+        per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``), and the spec.
+    """
+    all_items = np.unique(np.concatenate([np.asarray(s) for s in seqs])) if seqs else np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed)
+    plan = []  # (user index, position, split, negative raw id)
+    for ui, s in enumerate(seqs):
+        n = len(s)
+        if n < 2:
+            continue
+        rated = set(np.asarray(s).tolist())
+        if len(rated) >= len(all_items):
+            continue  # no never-rated item to sample a negative from
+        lo = max(min_train_position, n - 2 - train_per_user)
+        positions = [(p, "train") for p in range(lo, n - 2)] + [(n - 2, "valid"), (n - 1, "test")]
+        for p, split in positions:
+            while True:
+                neg = int(all_items[rng.integers(len(all_items))])
+                if neg not in rated:
+                    break
+            plan.append((ui, p, split, neg))
+    # Vocabularies from what train sees.
+    seen: set[int] = set()
+    for ui, s in enumerate(seqs):
+        seen.update(np.asarray(s[: max(0, len(s) - 2)]).tolist())
+    seen.update(neg for _, _, split, neg in plan if split == "train")
+    item_keys = np.array(sorted(seen), dtype=np.int64)
+    cate_keys = np.array(sorted({cate_of.get(i, -1) for i in seen} - {-1}), dtype=np.int64)
+    user_keys = np.array(sorted(set(int(u) for u in users)), dtype=np.int64)
+
+    def encode(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.int64)
+        if len(keys) == 0:
+            return np.full(values.shape, OOV_ID, np.int64)
+        pos = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
+        return np.where(keys[pos] == values, pos + FIRST_ID, OOV_ID).astype(np.int64)
+
+    enc_seqs = [encode(item_keys, s) for s in seqs]
+    enc_cates = [encode(cate_keys, np.array([cate_of.get(int(i), -1) for i in s], np.int64)) for s in seqs]
+    enc_users = encode(user_keys, np.asarray(users))
+    cols: dict[str, dict[str, list]] = {sp: {k: [] for k in SAMPLE_COLUMNS} for sp in ("train", "valid", "test")}
+    for ui, p, split, neg in plan:
+        t = None if times is None else np.asarray(times[ui])[:p]
+        h = split_history(enc_seqs[ui][:p], enc_cates[ui][:p], options, t)
+        c = cols[split]
+        for target_item, target_cate, label in (
+            (enc_seqs[ui][p], enc_cates[ui][p], 1),
+            (encode(item_keys, np.array([neg]))[0], encode(cate_keys, np.array([cate_of.get(neg, -1)]))[0], 0),
+        ):
+            c["user"].append(enc_users[ui])
+            c["target_item"].append(target_item)
+            c["target_cate"].append(target_cate)
+            c["long_items"].append(h.long_items)
+            c["long_cates"].append(h.long_cates)
+            c["session_items"].append(h.session_items)
+            c["session_cates"].append(h.session_cates)
+            c["label"].append(label)
+    shapes = {"()": (), "(L,)": (options.long_len,), "(K, N)": (options.num_sessions, options.session_len)}
+    out = {
+        sp: {k: np.asarray(v, dtype=np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()}
+        for sp, c in cols.items()
+    }
+    spec = FeatureSpec(
+        num_users=len(user_keys) + FIRST_ID,
+        num_items=len(item_keys) + FIRST_ID,
+        num_cates=len(cate_keys) + FIRST_ID,
+        long_len=options.long_len,
+        num_sessions=options.num_sessions,
+        session_len=options.session_len,
+    )
+    return out, spec
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Base DataModule: builds (or loads) the cached splits lazily and serves CTRBatch loaders.
+
+    Batches: ``user``/``target_item``/``target_cate``/``label`` ``(B,)``, ``long_*`` ``(B, L)``,
+    ``session_*`` ``(B, K, N)``. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
+    :meth:`_content_options` and :meth:`_build`.
+    """
+
+    def __init__(
+        self,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "chunk",
+        session_gap_seconds: float = 86_400.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__()
+        self.sequence_options = SequenceOptions(
+            long_len=long_len,
+            num_sessions=num_sessions,
+            session_len=session_len,
+            session_split=session_split,
+            session_gap_seconds=session_gap_seconds,
+            long_includes_short=long_includes_short,
+        )
+        if on_bad_line not in ("error", "skip"):
+            raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.cache_dir = cache_dir
+        self.on_bad_line = on_bad_line
+        self._splits = None
+        self._spec: Optional[FeatureSpec] = None
+        self.cache_hit: Optional[bool] = None
+        self.cache_path: Optional[str] = None
+
+    # --- subclass hooks -----------------------------------------------------------------
+    def _source_name(self) -> str:
+        raise NotImplementedError
+
+    def _raw_files(self) -> list[str]:
+        return []
+
+    def _content_options(self) -> dict[str, object]:
+        return {}
+
+    def _build(self) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
+        raise NotImplementedError
+
+    # --- cache --------------------------------------------------------------------------
+    def _ensure(self) -> None:
+        if self._splits is not None:
+            return
+        for path in self._raw_files():
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{type(self).__name__}: expected file {os.path.basename(path)!r} at {path!r} (set --data.root)"
+                )
+        options = {"source": self._source_name(), "seed": self.seed, **self.sequence_options.as_key(), **self._content_options()}
+        key = cache_key(self._source_name(), options, self._raw_files())
+        t0 = time.perf_counter()
+        self._splits, self._spec, self.cache_hit = load_or_build(self.cache_dir, key, self._build, options)
+        self.cache_path = os.path.join(self.cache_dir, key)
+        log.info("%s: %s %s in %.1fs", type(self).__name__, "loaded" if self.cache_hit else "built", self.cache_path, time.perf_counter() - t0)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The dataset's FeatureSpec (builds or loads the cache on first access)."""
+        self._ensure()
+        assert self._spec is not None
+        return self._spec
+
+    def prepare_data(self) -> None:
+        self._ensure()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self._ensure()
+
+    def split(self, name: Literal["train", "valid", "test"]):
+        """The cached ``datasets.Dataset`` of a split (numpy format)."""
+        self._ensure()
+        return self._splits[name]
+
+    def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
+        ds = self.split(name)
+        return DataLoader(
+            _BatchDataset(ds),
+            sampler=_RangeBatchSampler(len(ds), batch_size, shuffle, self.seed),
+            batch_size=None,  # the sampler yields whole batches; __getitem__ builds CTRBatch
+            collate_fn=_identity,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+
+class SyntheticDataModule(CTRDataModule):
+    """Generated users with planted long-term preferences and a recent drift.
+
+    Each user has ``long_pref_per_user`` preferred categories (most of the older history) and
+    one drift category that dominates the last ``drift_len`` behaviours; the next item (the
+    positive) comes from the drift category with probability ``drift_prob`` and otherwise from
+    the long-term ones, so both the long and the short part carry signal.
+    """
+
+    def __init__(
+        self,
+        num_users: int = 1000,
+        num_items: int = 500,
+        num_cates: int = 20,
+        history_len: int = 40,
+        long_pref_per_user: int = 2,
+        drift_len: int = 10,
+        drift_prob: float = 0.6,
+        train_per_user: int = 10,
+        min_train_position: int = 20,
+        long_len: int = 50,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "chunk",
+        session_gap_seconds: float = 86_400.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        if num_items < num_cates or history_len < 3:
+            raise ValueError("need num_items >= num_cates and history_len >= 3")
+        self.gen = dict(num_users=num_users, num_items=num_items, num_cates=num_cates, history_len=history_len,
+                        long_pref_per_user=long_pref_per_user, drift_len=drift_len, drift_prob=drift_prob,
+                        train_per_user=train_per_user, min_train_position=min_train_position)
+
+    def _source_name(self) -> str:
+        return "synthetic"
+
+    def _content_options(self) -> dict[str, object]:
+        return dict(self.gen)
+
+    def generate(self) -> tuple[list[int], list[np.ndarray], dict[int, int]]:
+        """Raw users, sequences (items without repeats, oldest first) and item -> category."""
+        g = self.gen
+        rng = np.random.default_rng(self.seed)
+        cate_of = {i: i % g["num_cates"] for i in range(g["num_items"])}
+        by_cate = [np.arange(c, g["num_items"], g["num_cates"]) for c in range(g["num_cates"])]
+        users, seqs = [], []
+        hl = g["history_len"] + 1
+        for u in range(g["num_users"]):
+            prefs = rng.choice(g["num_cates"], size=g["long_pref_per_user"] + 1, replace=False)
+            long_c, drift = prefs[:-1], prefs[-1]
+            seq: list[int] = []
+            used: set[int] = set()
+            for t in range(hl):
+                recent = t >= hl - g["drift_len"] - 1
+                if recent and rng.random() < g["drift_prob"]:
+                    c = drift
+                elif rng.random() < 0.9:
+                    c = long_c[rng.integers(len(long_c))]
+                else:
+                    c = rng.integers(g["num_cates"])
+                pool = [i for i in by_cate[c].tolist() if i not in used] or [i for i in range(g["num_items"]) if i not in used]
+                item = int(pool[rng.integers(len(pool))])
+                used.add(item)
+                seq.append(item)
+            users.append(u)
+            seqs.append(np.array(seq, dtype=np.int64))
+        return users, seqs, cate_of
+
+    def _build(self):
+        users, seqs, cate_of = self.generate()
+        times = [np.arange(len(s), dtype=np.int64) * 3600 for s in seqs]  # hourly, for time_gap
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed + 1,
+                                 train_per_user=self.gen["train_per_user"],
+                                 min_train_position=self.gen["min_train_position"], times=times)
+
+
+def _bad(path: str, lineno: int, what: str, policy: str, counter: list[int]) -> None:
+    if policy == "error":
+        raise ValueError(f"{path}:{lineno}: {what}")
+    counter[0] += 1
+
+
+def _report_skips(path: str, count: int) -> None:
+    if count:
+        log.warning("skipped %d malformed line(s) in %s", count, path)
+
+
+class MovieLens1MDataModule(CTRDataModule):
+    """MovieLens-1M from ``root/sequences.tsv`` (``user_id<TAB>movie_ids``, comma-separated,
+    oldest first) and ``root/movies.dat`` (``id::title::genres``; category = first genre).
+    Sessions are chunks (no timestamps)."""
+
+    def __init__(
+        self,
+        root: str = "../shared/data/movielens-1m",
+        train_per_user: int = 20,
+        min_train_position: int = 20,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "chunk",
+        session_gap_seconds: float = 86_400.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        if session_split != "chunk":
+            raise ValueError("MovieLens-1M here has no timestamps: session_split must be 'chunk'")
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        self.root = root
+        self.train_per_user = train_per_user
+        self.min_train_position = min_train_position
+
+    def _source_name(self) -> str:
+        return "movielens-1m"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "sequences.tsv"), os.path.join(self.root, "movies.dat")]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position}
+
+    def read(self) -> tuple[list[int], list[np.ndarray], dict[int, int]]:
+        """Users, sequences and movie -> first-genre id (1.. in sorted genre-name order)."""
+        seq_path, movies_path = self._raw_files()
+        users, seqs, skipped = [], [], [0]
+        with open(seq_path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            if header != ["user_id", "movie_ids"]:
+                raise ValueError(f"{seq_path}:1: expected header 'user_id<TAB>movie_ids', got {header!r}")
+            for lineno, line in enumerate(f, start=2):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 2:
+                    _bad(seq_path, lineno, f"expected 2 tab-separated fields, got {len(parts)}", self.on_bad_line, skipped)
+                    continue
+                try:
+                    u = int(parts[0])
+                    ids = np.array([int(x) for x in parts[1].split(",")], dtype=np.int64)
+                except ValueError as e:
+                    _bad(seq_path, lineno, f"non-integer id ({e})", self.on_bad_line, skipped)
+                    continue
+                users.append(u)
+                seqs.append(ids)
+        _report_skips(seq_path, skipped[0])
+        first_genre: dict[int, str] = {}
+        skipped = [0]
+        with open(movies_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                parts = line.rstrip("\n").split("::")
+                if len(parts) != 3 or not parts[0].strip().isdigit():
+                    _bad(movies_path, lineno, "expected 'movie_id::title::genres'", self.on_bad_line, skipped)
+                    continue
+                first_genre[int(parts[0])] = parts[2].split("|")[0]
+        _report_skips(movies_path, skipped[0])
+        genre_id = {g: i + 1 for i, g in enumerate(sorted(set(first_genre.values())))}
+        return users, seqs, {m: genre_id[g] for m, g in first_genre.items()}
+
+    def _build(self):
+        users, seqs, cate_of = self.read()
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position)
+
+
+def _sequences_from_log(users: np.ndarray, items: np.ndarray, times: np.ndarray):
+    """Group an interaction log by user, time order (stable: file order breaks ties)."""
+    order = np.lexsort((np.arange(len(users)), times, users))
+    users, items, times = users[order], items[order], times[order]
+    uniq, starts = np.unique(users, return_index=True)
+    ends = np.append(starts[1:], len(users))
+    return uniq.tolist(), [items[a:b] for a, b in zip(starts, ends)], [times[a:b] for a, b in zip(starts, ends)]
+
+
+def _read_int_table(path: str, sep: str, ncols: int, header: Optional[list[str]], policy: str,
+                    keep: Optional[callable] = None, int_cols: Optional[Sequence[int]] = None) -> list[list]:
+    """Rows of ``ncols`` fields; ``int_cols`` are parsed as ints; bad lines raise or are counted."""
+    rows, skipped = [], [0]
+    int_cols = range(ncols) if int_cols is None else int_cols
+    with open(path, encoding="utf-8") as f:
+        start = 1
+        if header is not None:
+            got = f.readline().rstrip("\n").split(sep)
+            if got != header:
+                raise ValueError(f"{path}:1: expected header {header!r}, got {got!r}")
+            start = 2
+        for lineno, line in enumerate(f, start=start):
+            parts = line.rstrip("\r\n").split(sep)
+            if len(parts) != ncols:
+                _bad(path, lineno, f"expected {ncols} fields separated by {sep!r}, got {len(parts)}", policy, skipped)
+                continue
+            try:
+                for c in int_cols:
+                    parts[c] = int(parts[c])
+            except ValueError as e:
+                _bad(path, lineno, f"non-integer field ({e})", policy, skipped)
+                continue
+            if keep is None or keep(parts):
+                rows.append(parts)
+    _report_skips(path, skipped[0])
+    return rows
+
+
+class AmazonGroceryDataModule(CTRDataModule):
+    """Amazon Grocery (ReChorus copy): ``root/interactions.tsv`` (``user_id, item_id, time``,
+    unix seconds) and ``root/item_category.tsv`` (``item_id, i_category``). ``time_gap``
+    sessions use ``session_gap_days``. Same protocol as MovieLens; ``min_train_position``
+    defaults to 1 because histories are short (median 5)."""
+
+    def __init__(
+        self,
+        root: str = "../shared/data/amazon-grocery",
+        train_per_user: int = 20,
+        min_train_position: int = 1,
+        session_gap_days: float = 1.0,
+        long_len: int = 50,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "time_gap",
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        self.root, self.train_per_user, self.min_train_position = root, train_per_user, min_train_position
+
+    def _source_name(self) -> str:
+        return "amazon-grocery"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "interactions.tsv"), os.path.join(self.root, "item_category.tsv")]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position}
+
+    def _build(self):
+        inter, cats = self._raw_files()
+        rows = np.array(_read_int_table(inter, "\t", 3, ["user_id", "item_id", "time"], self.on_bad_line), dtype=np.int64).reshape(-1, 3)
+        cate_rows = _read_int_table(cats, "\t", 2, ["item_id", "i_category"], self.on_bad_line)
+        users, seqs, times = _sequences_from_log(rows[:, 0], rows[:, 1], rows[:, 2])
+        return build_ctr_samples(users, seqs, {i: c for i, c in cate_rows}, self.sequence_options, seed=self.seed,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times)
+
+
+class TaobaoDataModule(CTRDataModule):
+    """Taobao UserBehavior: ``root/UserBehavior.csv``, no header,
+    ``user_id,item_id,category_id,behavior_type,timestamp``; rows whose behaviour type is in
+    ``positive_behaviors`` form the history and the positives."""
+
+    def __init__(
+        self,
+        root: str = "../shared/data/taobao-userbehavior-sample",
+        positive_behaviors: tuple[str, ...] = ("pv", "cart", "fav", "buy"),
+        train_per_user: int = 20,
+        min_train_position: int = 20,
+        session_gap_seconds: float = 1800.0,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "time_gap",
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        self.root, self.positive_behaviors = root, tuple(sorted(positive_behaviors))
+        self.train_per_user, self.min_train_position = train_per_user, min_train_position
+
+    def _source_name(self) -> str:
+        return "taobao"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "UserBehavior.csv")]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"positive_behaviors": list(self.positive_behaviors), "train_per_user": self.train_per_user,
+                "min_train_position": self.min_train_position}
+
+    def _build(self):
+        (path,) = self._raw_files()
+        keep = set(self.positive_behaviors)
+        rows = _read_int_table(path, ",", 5, None, self.on_bad_line, keep=lambda r: r[3] in keep, int_cols=(0, 1, 2, 4))
+        arr = np.array([(r[0], r[1], r[2], r[4]) for r in rows], dtype=np.int64).reshape(-1, 4)
+        users, seqs, times = _sequences_from_log(arr[:, 0], arr[:, 1], arr[:, 3])
+        cate_of = {int(i): int(c) for i, c in zip(arr[:, 1], arr[:, 2])}
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times)
+
+
+class AmazonBooksDIENDataModule(CTRDataModule):
+    """Amazon Books as split by the DIEN authors: ``root/local_train_splitByUser`` and
+    ``root/local_test_splitByUser``, tab-separated ``label, user, item, category, item history,
+    category history`` with histories joined by byte 0x02. Vocabularies come from
+    ``uid_voc.pkl``/``mid_voc.pkl``/``cat_voc.pkl`` (restricted unpickler; DIEN index ``v`` ->
+    our id ``v + 2``) or, when a file is absent, are rebuilt from the train text (sorted strings
+    from 2). Unknown strings -> OOV. Valid = the samples of a seeded ``valid_user_fraction`` of
+    the train users (by user, so a user is never in both). Sessions are chunks (no times)."""
+
+    def __init__(
+        self,
+        root: str = "../shared/data/amazon-books-dien",
+        valid_user_fraction: float = 0.1,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: str = "data_cache",
+        on_bad_line: OnBadLine = "error",
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, "chunk", 86_400.0, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        if not 0.0 < valid_user_fraction < 1.0:
+            raise ValueError(f"valid_user_fraction must be in (0, 1), got {valid_user_fraction}")
+        self.root, self.valid_user_fraction = root, valid_user_fraction
+
+    def _source_name(self) -> str:
+        return "amazon-books-dien"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "local_train_splitByUser"), os.path.join(self.root, "local_test_splitByUser")]
+
+    def _vocab_files(self) -> list[str]:
+        return [os.path.join(self.root, n) for n in ("uid_voc.pkl", "mid_voc.pkl", "cat_voc.pkl")]
+
+    def _content_options(self) -> dict[str, object]:
+        # The optional pickles change content: their presence/size/mtime is part of the key.
+        from .cache import file_fingerprint
+
+        return {"valid_user_fraction": self.valid_user_fraction, "vocab_files": file_fingerprint(self._vocab_files())}
+
+    def _read(self, path: str) -> list[tuple[int, str, str, str, list[str], list[str]]]:
+        rows, skipped = [], [0]
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                parts = line.rstrip("\r\n").split("\t")
+                if len(parts) != 6:
+                    _bad(path, lineno, f"expected 6 tab-separated fields, got {len(parts)}", self.on_bad_line, skipped)
+                    continue
+                items = parts[4].split("\x02") if parts[4] else []
+                cates = parts[5].split("\x02") if parts[5] else []
+                if parts[0] not in ("0", "1") or len(items) != len(cates):
+                    _bad(path, lineno, "label must be 0/1 and both histories of equal length", self.on_bad_line, skipped)
+                    continue
+                rows.append((int(parts[0]), parts[1], parts[2], parts[3], items, cates))
+        _report_skips(path, skipped[0])
+        return rows
+
+    def _build(self):
+        from .safe_pickle import load_vocabulary
+
+        train_path, test_path = self._raw_files()
+        train, test = self._read(train_path), self._read(test_path)
+        texts = {
+            0: {r[1] for r in train},
+            1: {r[2] for r in train} | {i for r in train for i in r[4]},
+            2: {r[3] for r in train} | {c for r in train for c in r[5]},
+        }
+        vocabs = []
+        for k, path in enumerate(self._vocab_files()):
+            if os.path.exists(path):
+                vocabs.append({s: v + FIRST_ID for s, v in load_vocabulary(path).items()})
+            else:
+                vocabs.append({s: i + FIRST_ID for i, s in enumerate(sorted(texts[k]))})
+        uv, iv, cv = vocabs
+        users = sorted({r[1] for r in train})
+        rng = np.random.default_rng(self.seed)
+        n_valid = max(1, int(round(len(users) * self.valid_user_fraction)))
+        valid_users = set(np.array(users, dtype=object)[rng.permutation(len(users))[:n_valid]].tolist())
+        shapes = {"()": (), "(L,)": (self.sequence_options.long_len,),
+                  "(K, N)": (self.sequence_options.num_sessions, self.sequence_options.session_len)}
+        out = {}
+        for split, rows in (("train", [r for r in train if r[1] not in valid_users]),
+                            ("valid", [r for r in train if r[1] in valid_users]), ("test", test)):
+            c = {k: [] for k in SAMPLE_COLUMNS}
+            for label, u, item, cate, hi, hc in rows:
+                h = split_history(np.array([iv.get(x, OOV_ID) for x in hi], np.int64),
+                                  np.array([cv.get(x, OOV_ID) for x in hc], np.int64), self.sequence_options)
+                c["user"].append(uv.get(u, OOV_ID))
+                c["target_item"].append(iv.get(item, OOV_ID))
+                c["target_cate"].append(cv.get(cate, OOV_ID))
+                c["long_items"].append(h.long_items)
+                c["long_cates"].append(h.long_cates)
+                c["session_items"].append(h.session_items)
+                c["session_cates"].append(h.session_cates)
+                c["label"].append(label)
+            out[split] = {k: np.asarray(v, np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()}
+        spec = FeatureSpec(num_users=max(uv.values(), default=1) + 1, num_items=max(iv.values(), default=1) + 1,
+                           num_cates=max(cv.values(), default=1) + 1, **{k: self.sequence_options.as_key()[k] for k in ("long_len", "num_sessions", "session_len")})
+        return out, spec

@@ -1,0 +1,389 @@
+"""iFusion: interest fusion as guided diffusion from the long-term interest (paper sections 3-4).
+
+The projected long-term interest ``h_long`` is ``x_0`` of a diffusion; the sessions guide the
+reverse process through core-preference and transient-fluctuation guidance (DCFG), injected
+session by session by the MARN denoiser. See docs/fusion.md and /shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .contract import FusionLayer, FusionOutput
+from .denoisers import build_denoiser
+from .guidance import GuidanceEncoder
+from .losses import consistency_loss, disentangle_loss, evolution_loss, last_present_index
+from .schedule import NoiseSchedule
+
+__all__ = ["InterestFusion"]
+
+# torch.export needs FusionOutput as a pytree to return it; registered once, here, so the
+# contract module stays unchanged.
+try:
+    torch.export.register_dataclass(FusionOutput, serialized_type_name="ifusion_plugin.fusion.FusionOutput")
+except ValueError:  # already registered (module reloaded)
+    pass
+
+
+def _choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def _positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class InterestFusion(FusionLayer):
+    """iFusion interest fusion, a drop-in replacement for :class:`ConcatFusion`.
+
+    Training (``module.training``), Algorithm 1: per example two steps ``t1, t2`` and two
+    noises; ``x_t`` from the closed-form forward process; the guided x0-prediction at both
+    steps. ``fused`` is the output at ``t1`` (or the mean of both, ``task_step="mean"``);
+    ``losses`` holds the weighted auxiliary losses ``"evolution"``, ``"disentangle"``,
+    ``"consistency"`` whose weight is positive (consistency pulls the t2 output to the detached t1 output).
+
+    Evaluation, Algorithm 2: start from the projected ``h_long`` at ``t = T`` (or from it
+    noised to ``t_start``), then ``sampling_steps`` reverse steps of eq. 19 with the guided
+    prediction of eq. 14. ``z = 0`` by default, so evaluation is deterministic; with
+    ``stochastic_sampling`` ``z`` is drawn from a generator reseeded with ``sampling_seed`` at
+    every call. ``losses`` is empty.
+
+    Zero data: a row with ``long_mask`` False starts from a learned population prior vector
+    (trained on those rows and on a random ``p_drop_long`` fraction of rows); a row without any
+    present session is guided by the null vectors, i.e. it gets the unconditional generation.
+
+    Args:
+        long_dim, session_dim, fusion_dim, validate_inputs: see :class:`FusionLayer`.
+        schedule: noise schedule, ``"cosine"`` or ``"linear"``.
+        num_train_steps: diffusion steps ``T``.
+        sampling_steps: reverse steps ``S`` at evaluation (the T-step schedule is respaced).
+        t_start: None for Algorithm 2 (clean ``h_long`` at ``t = T``); an int in ``[1, T]`` to
+            start from ``sqrt(abar) h_long`` at that step (plus noise when sampling stochastically).
+        stochastic_sampling: draw ``z`` in eq. 19 at evaluation (seeded) instead of ``z = 0``.
+        sampling_seed: seed of the evaluation generator.
+        guidance: ``"dcfg"`` (core + transient, eq. 14), ``"cfg"`` (one encoder, eq. 7, scale
+            ``gamma_cp``) or ``"none"`` (one encoder as a plain condition: no null vectors, no
+            guidance dropout, one pass).
+        p_drop_cp, p_drop_tf: per-example probability of replacing the core / transient
+            guidance by its null vector in training (``cfg`` uses ``p_drop_cp``).
+        gamma_cp, gamma_tf: guidance scales.
+        train_combination: ``"algorithm1"`` (weights ``gamma_j / (gamma_cp + gamma_tf)``) or
+            ``"inference"`` (eq. 14 in training as well).
+        denoiser: ``"marn"``, ``"marn_attention"``, ``"nar_mlp"`` or ``"nar_attention"``.
+        denoiser_hidden_dim, guidance_hidden_dim: hidden widths of the MLPs.
+        num_heads: attention heads; must divide ``fusion_dim``.
+        core_dropout: dropout of the core-preference MLP (strong: the low-pass branch).
+        transient_dropout: dropout of the transient MLP and of the single ``cfg`` encoder.
+        evolution_weight, disentangle_weight, consistency_weight: weights of the auxiliary
+            losses; 0 skips a loss entirely. The disentanglement loss needs ``dcfg``.
+        disentangle_mode: ``"cosine"`` (squared cosine) or ``"inner_product"`` (paper's raw form).
+        task_step: ``"t1"`` or ``"mean"``, which training output is ``fused``.
+        long_condition: also feed the projected ``h_long`` to the denoiser as a condition.
+        p_drop_long: training fraction of rows whose ``h_long`` is replaced by the prior.
+
+    Call arguments:
+        h_long: tensor of shape (B, long_dim).
+        h_sessions: tensor of shape (B, K, session_dim), oldest first; K may vary by call.
+        session_mask: optional bool tensor of shape (B, K).
+        long_mask: optional bool tensor of shape (B,).
+
+    Returns:
+        :class:`FusionOutput` with ``fused`` of shape (B, fusion_dim).
+
+    Example:
+        >>> fusion = InterestFusion(long_dim=32, session_dim=16, fusion_dim=8, num_heads=2).eval()
+        >>> fusion(torch.randn(4, 32), torch.randn(4, 3, 16)).fused.shape
+        torch.Size([4, 8])
+    """
+
+    def __init__(
+        self,
+        long_dim: int,
+        session_dim: int,
+        fusion_dim: int = 64,
+        *,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        num_train_steps: int = 1000,
+        sampling_steps: int = 1,
+        t_start: Optional[int] = None,
+        stochastic_sampling: bool = False,
+        sampling_seed: int = 0,
+        guidance: Literal["none", "cfg", "dcfg"] = "dcfg",
+        p_drop_cp: float = 0.1,
+        p_drop_tf: float = 0.1,
+        gamma_cp: float = 2.0,
+        gamma_tf: float = 1.0,
+        train_combination: Literal["algorithm1", "inference"] = "algorithm1",
+        denoiser: Literal["marn", "marn_attention", "nar_mlp", "nar_attention"] = "marn",
+        denoiser_hidden_dim: int = 128,
+        guidance_hidden_dim: int = 128,
+        num_heads: int = 4,
+        core_dropout: float = 0.3,
+        transient_dropout: float = 0.05,
+        evolution_weight: float = 0.1,
+        disentangle_weight: float = 0.01,
+        disentangle_mode: Literal["cosine", "inner_product"] = "cosine",
+        consistency_weight: float = 0.1,
+        task_step: Literal["t1", "mean"] = "t1",
+        long_condition: bool = False,
+        p_drop_long: float = 0.05,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
+        _choice("schedule", schedule, ("cosine", "linear"))
+        _choice("guidance", guidance, ("none", "cfg", "dcfg"))
+        _choice("train_combination", train_combination, ("algorithm1", "inference"))
+        _choice("denoiser", denoiser, ("marn", "marn_attention", "nar_mlp", "nar_attention"))
+        _choice("disentangle_mode", disentangle_mode, ("cosine", "inner_product"))
+        _choice("task_step", task_step, ("t1", "mean"))
+        _positive_int("num_train_steps", num_train_steps)
+        _positive_int("sampling_steps", sampling_steps)
+        _positive_int("denoiser_hidden_dim", denoiser_hidden_dim)
+        _positive_int("guidance_hidden_dim", guidance_hidden_dim)
+        _positive_int("num_heads", num_heads)
+        if fusion_dim % num_heads != 0:
+            raise ValueError(f"num_heads must be a positive divisor of fusion_dim={fusion_dim}, got {num_heads}")
+        if t_start is not None:
+            if isinstance(t_start, bool) or not isinstance(t_start, int) or not 1 <= t_start <= num_train_steps:
+                raise ValueError(f"t_start must be None or an int in [1, num_train_steps={num_train_steps}], got {t_start!r}")
+        top = num_train_steps if t_start is None else t_start
+        if sampling_steps > top:
+            raise ValueError(f"sampling_steps must be at most {top} (the start step), got {sampling_steps}")
+        for name, p in (("p_drop_cp", p_drop_cp), ("p_drop_tf", p_drop_tf), ("p_drop_long", p_drop_long),
+                        ("core_dropout", core_dropout), ("transient_dropout", transient_dropout)):
+            _probability(name, p)
+        for name, w in (("gamma_cp", gamma_cp), ("gamma_tf", gamma_tf), ("evolution_weight", evolution_weight),
+                        ("disentangle_weight", disentangle_weight), ("consistency_weight", consistency_weight)):
+            _non_negative(name, w)
+        if guidance == "dcfg" and gamma_cp + gamma_tf <= 0:
+            raise ValueError("gamma_cp + gamma_tf must be positive with guidance='dcfg'")
+        if not isinstance(sampling_seed, int) or isinstance(sampling_seed, bool):
+            raise ValueError(f"sampling_seed must be an int, got {sampling_seed!r}")
+
+        self.guidance = guidance
+        self.t_start = t_start
+        self.sampling_steps = sampling_steps
+        self.stochastic_sampling = stochastic_sampling
+        self.sampling_seed = sampling_seed
+        self.p_drop_cp = float(p_drop_cp)
+        self.p_drop_tf = float(p_drop_tf)
+        self.p_drop_long = float(p_drop_long)
+        self.gamma_cp = float(gamma_cp)
+        self.gamma_tf = float(gamma_tf)
+        self.train_combination = train_combination
+        self.evolution_weight = float(evolution_weight)
+        self.disentangle_weight = float(disentangle_weight)
+        self.disentangle_mode = disentangle_mode
+        self.consistency_weight = float(consistency_weight)
+        self.task_step = task_step
+        self.long_condition = long_condition
+
+        self.long_projection = nn.Linear(long_dim, fusion_dim)
+        self.session_projection = nn.Linear(session_dim, fusion_dim)
+        # Population prior: the start vector of users without long-term history (theorem 3).
+        self.long_prior = nn.Parameter(torch.zeros(fusion_dim))
+        self.schedule = NoiseSchedule(num_train_steps, schedule)
+        self.sampler = self.schedule.respace(sampling_steps, start_step=top - 1)
+        self.encoder = GuidanceEncoder(guidance, fusion_dim, guidance_hidden_dim, num_heads, core_dropout, transient_dropout)
+        self.denoiser = build_denoiser(denoiser, fusion_dim, denoiser_hidden_dim, num_heads, long_condition)
+
+    # ------------------------------------------------------------------ pieces
+    def _start(self, h_long: Tensor, long_mask: Optional[Tensor]) -> Tensor:
+        """x_0: projected h_long, the learned prior where it is missing (or dropped in training)."""
+        x0 = self.long_projection(h_long)
+        use_prior = None if long_mask is None else ~long_mask
+        if self.training and self.p_drop_long > 0:
+            dropped = torch.rand(h_long.shape[0], device=h_long.device) < self.p_drop_long
+            use_prior = dropped if use_prior is None else use_prior | dropped
+        if use_prior is None:
+            return x0
+        return torch.where(use_prior.unsqueeze(-1), self.long_prior.to(x0.dtype).expand_as(x0), x0)
+
+    def _sessions(self, h_sessions: Tensor, session_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Projected sessions (B, K', d) with masked ones zeroed, and the mask (B, K'); K' = max(K, 1)."""
+        if session_mask is None:
+            session_mask = torch.ones(h_sessions.shape[:2], dtype=torch.bool, device=h_sessions.device)
+        if h_sessions.shape[1] == 0:
+            # One absent slot keeps every shape non-empty; the row then takes the null guidance.
+            h_sessions = h_sessions.new_zeros(h_sessions.shape[0], 1, h_sessions.shape[2])
+            session_mask = session_mask.new_zeros(session_mask.shape[0], 1)
+        # Zeroing (not just masking) keeps a masked session's values out of every sum.
+        sessions = self.session_projection(h_sessions) * session_mask.unsqueeze(-1).to(h_sessions.dtype)
+        return sessions, session_mask
+
+    def _null_inputs(self, branch: int, like: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The unconditional input: the null vector in slot 0 only, (B, K, d) and (B, K)."""
+        guidance = self.encoder.null[branch].to(like.dtype).expand_as(like)
+        first = torch.zeros_like(mask)
+        first[:, 0] = True
+        return guidance, first
+
+    def _branches(self, guidance: list[Tensor], mask: Tensor, keep: Optional[list[Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """Per branch (guidance (B, K, d), mask (B, K)); dropped or session-less rows take the null input."""
+        if self.guidance == "none":
+            return [(guidance[0], mask)]
+        has_any = mask.any(dim=1)
+        out = []
+        for j, g in enumerate(guidance):
+            conditional = has_any if keep is None else has_any & keep[j]
+            null_g, null_m = self._null_inputs(j, g, mask)
+            c = conditional.view(-1, 1)
+            out.append((torch.where(c.unsqueeze(-1), g, null_g), torch.where(c, mask, null_m)))
+        return out
+
+    def _guided(self, x_t: Tensor, t: Tensor, branches: list[tuple[Tensor, Tensor]], cond: Optional[Tensor], combination: str) -> Tensor:
+        """The guided x0-prediction (B, d): all denoiser passes batched into one call."""
+        if self.guidance == "none":
+            g, m = branches[0]
+            return self.denoiser(x_t, t, g, m, cond)
+        passes = list(branches)
+        use_uncond = combination == "inference"
+        if use_uncond:
+            passes.append(self._null_inputs(0, branches[0][0], branches[0][1]))
+        n, batch = len(passes), x_t.shape[0]
+        stacked = self.denoiser(
+            x_t.repeat(n, 1),
+            t.repeat(n),
+            torch.cat([g for g, _ in passes], dim=0),
+            torch.cat([m for _, m in passes], dim=0),
+            None if cond is None else cond.repeat(n, 1),
+        )
+        # reshape, not chunk: chunk of a symbolic batch specialises it under torch.export.
+        out = stacked.reshape(n, batch, stacked.shape[-1]).unbind(0)
+        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
+        if use_uncond:
+            uncond = out[-1]
+            guided = uncond
+            for gamma, f in zip(gammas, out[:-1]):
+                guided = guided + gamma * (f - uncond)
+            return guided
+        if len(branches) == 1:
+            return out[0]
+        total = sum(gammas)
+        return sum((gamma / total) * f for gamma, f in zip(gammas, out))
+
+    # ------------------------------------------------------------------ public
+    def guidance_vectors(self, h_sessions: Tensor, session_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Core and transient guidance vectors with dropout off (for disentanglement measurements).
+
+        Args:
+            h_sessions: tensor of shape (B, K, session_dim).
+            session_mask: optional bool tensor of shape (B, K).
+
+        Returns:
+            ``(g_cp, g_tf)``, tensors of shape (B, K, fusion_dim); absent sessions' rows are
+            meaningless.
+        """
+        if self.guidance != "dcfg":
+            raise ValueError(f"guidance_vectors needs guidance='dcfg', this layer has guidance={self.guidance!r}")
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            sessions, mask = self._sessions(h_sessions, session_mask)
+            g_cp, g_tf = self.encoder(sessions, mask)
+        finally:
+            self.encoder.train(was_training)
+        return g_cp[:, : h_sessions.shape[1]], g_tf[:, : h_sessions.shape[1]]
+
+    def forward(
+        self,
+        h_long: Tensor,
+        h_sessions: Tensor,
+        session_mask: Optional[Tensor] = None,
+        long_mask: Optional[Tensor] = None,
+    ) -> FusionOutput:
+        self._check_inputs(h_long, h_sessions, session_mask, long_mask)
+        x0 = self._start(h_long, long_mask)
+        sessions, mask = self._sessions(h_sessions, session_mask)
+        guidance = self.encoder(sessions, mask)
+        cond = x0 if self.long_condition else None
+        if self.training:
+            return self._train_forward(x0, sessions, mask, guidance, cond)
+        return FusionOutput(fused=self._sample(x0, mask, guidance, cond))
+
+    def _train_forward(self, x0: Tensor, sessions: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> FusionOutput:
+        batch, device = x0.shape[0], x0.device
+        keep = None
+        if self.guidance != "none":
+            probs = (self.p_drop_cp, self.p_drop_tf)[: len(guidance)]
+            keep = [torch.rand(batch, device=device) >= p for p in probs]
+        branches = self._branches(guidance, mask, keep)
+        num_steps = self.schedule.num_steps
+        t = torch.randint(0, num_steps, (2 * batch,), device=device)
+        noise = torch.randn(2 * batch, x0.shape[1], device=device, dtype=x0.dtype)
+        x_t = self.schedule.q_sample(x0.repeat(2, 1), t, noise)
+        # t1 and t2 in one batched pass.
+        both = self._guided(
+            x_t,
+            t,
+            [(g.repeat(2, 1, 1), m.repeat(2, 1)) for g, m in branches],
+            None if cond is None else cond.repeat(2, 1),
+            self.train_combination,
+        )
+        out_t1, out_t2 = both[:batch], both[batch:]
+        fused = out_t1 if self.task_step == "t1" else 0.5 * (out_t1 + out_t2)
+
+        losses: dict[str, Tensor] = {}
+        if self.evolution_weight > 0:
+            last = last_present_index(mask)
+            valid = mask.sum(dim=1) >= 2
+            evo_mask = mask & (torch.arange(mask.shape[1], device=device).unsqueeze(0) != last.unsqueeze(1))
+            predicted = self._guided(x_t[:batch], t[:batch], self._branches(guidance, evo_mask, keep), cond, self.train_combination)
+            # Detached target: the session encoder should not move to chase the prediction.
+            target = sessions.gather(1, last.view(-1, 1, 1).expand(-1, 1, sessions.shape[2])).squeeze(1).detach()
+            losses["evolution"] = self.evolution_weight * evolution_loss(predicted, target, valid)
+        if self.disentangle_weight > 0 and self.guidance == "dcfg":
+            losses["disentangle"] = self.disentangle_weight * disentangle_loss(guidance[0], guidance[1], mask, self.disentangle_mode)
+        if self.consistency_weight > 0:
+            # The t1 output is the target (detached): it is what the CE loss trains, and pulling
+            # it towards the t2 output too lets both collapse to a constant (measured on
+            # examples/replace_concat.py: test AUC 0.51 against 0.69 without the loss).
+            losses["consistency"] = self.consistency_weight * consistency_loss(out_t2, out_t1.detach())
+        return FusionOutput(fused=fused, losses=losses)
+
+    def _sample(self, x0: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> Tensor:
+        """Algorithm 2 over the respaced schedule; returns (B, d)."""
+        batch = x0.shape[0]
+        branches = self._branches(guidance, mask, None)
+        generator: Optional[torch.Generator] = None
+        if self.stochastic_sampling:
+            generator = torch.Generator(device=x0.device)
+            generator.manual_seed(self.sampling_seed)
+        x = x0
+        if self.t_start is not None:
+            start = torch.full((batch,), self.t_start - 1, dtype=torch.long, device=x0.device)
+            start_noise = (
+                torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                if generator is not None
+                else torch.zeros_like(x0)
+            )
+            x = self.schedule.q_sample(x0, start, start_noise)
+        for i in reversed(range(self.sampler.num_steps)):
+            local = torch.full((batch,), i, dtype=torch.long, device=x0.device)
+            x0_hat = self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")
+            z = None
+            if generator is not None and i > 0:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = self.sampler.posterior_step(x0_hat, x, local, z)
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, guidance={self.guidance!r}, T={self.schedule.num_steps}, "
+            f"S={self.sampling_steps}, t_start={self.t_start}"
+        )

@@ -1,0 +1,66 @@
+"""AvgPoolDNN: the long-term interest is the masked mean of the long sequence."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..batch import CTRBatch, FeatureSpec
+from ..fusion.baselines import ConcatFusion
+from ..fusion.contract import FusionFactory
+from .base import CTRHost
+
+__all__ = ["AvgPoolDNN"]
+
+
+class AvgPoolDNN(CTRHost):
+    """Average-pooling DNN: ``h_long`` is the mean of the present long-term behaviours.
+
+    ``long_dim = 2 * embed_dim``; rows without history give zeros.
+
+    Args:
+        spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
+        session_feedforward_dim, session_dropout: see :class:`~ifusion_plugin.hosts.CTRHost`.
+
+    Example:
+        >>> from ifusion_plugin.batch import FeatureSpec
+        >>> host = AvgPoolDNN(FeatureSpec(10, 50, 5, long_len=8, num_sessions=2, session_len=3))
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        embed_dim: int = 32,
+        fusion: FusionFactory = ConcatFusion,
+        head_dims: Sequence[int] = (256, 128, 64),
+        head_dropout: float = 0.0,
+        head_sees_long: bool = False,
+        session_heads: int = 2,
+        session_feedforward_dim: int = 128,
+        session_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            spec,
+            embed_dim=embed_dim,
+            fusion=fusion,
+            head_dims=head_dims,
+            head_dropout=head_dropout,
+            head_sees_long=head_sees_long,
+            session_heads=session_heads,
+            session_feedforward_dim=session_feedforward_dim,
+            session_dropout=session_dropout,
+        )
+        self._build_fusion_and_head(self.item_dim)
+
+    def encode_long(self, batch: CTRBatch) -> Tensor:
+        """Masked mean of the long sequence, tensor of shape ``(B, 2 * embed_dim)``."""
+        mask = batch.long_mask
+        # Weighted by the mask, not relying on padding_idx alone: presence is decided by the
+        # item id, and a padded position may still carry a non-zero category id.
+        weights = mask.unsqueeze(1).to(self.item_embedding.weight.dtype)  # (B, 1, L)
+        total = torch.bmm(weights, self.embed_long(batch)).squeeze(1)
+        count = weights.sum(dim=-1).clamp_min(1.0)
+        return total / count

@@ -1,0 +1,190 @@
+"""The base of every host: shared embeddings, session encoder, fusion slot and head.
+
+Hosts differ only in how they encode the long-term sequence (:meth:`CTRHost.encode_long`);
+everything else is built here once, so a comparison between hosts, or between fusion layers
+inside one host, changes exactly one part.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..batch import PAD_ID, CTRBatch, FeatureSpec
+from ..fusion.baselines import ConcatFusion
+from ..fusion.contract import FusionFactory, FusionLayer
+from .layers import MLP, SessionEncoder, _check_dropout, _check_dims, _check_positive_int
+
+__all__ = ["HostOutput", "CTRHost"]
+
+
+@dataclass
+class HostOutput:
+    """What a host returns.
+
+    Attributes:
+        logits: tensor of shape ``(B,)``, the click logit (apply a sigmoid for a probability).
+        losses: the fusion layer's named auxiliary losses, already weighted; a training step
+            adds ``sum(losses.values())`` to the CTR loss. Empty in eval mode and for fusion
+            layers without auxiliary objectives.
+    """
+
+    logits: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+class CTRHost(nn.Module):
+    """Base class of the host CTR models.
+
+    Holds what every host shares so comparisons are fair:
+
+    - item, category and user embeddings of width ``embed_dim`` (index 0 is padding and embeds
+      to zeros), and one embedding per context column of ``spec.context_cardinalities``;
+      a behaviour's features are ``[item, cate]`` of width ``2 * embed_dim``;
+    - the short-term :class:`SessionEncoder` giving ``h_sessions`` of shape
+      ``(B, K, 2 * embed_dim)``;
+    - the fusion slot, built as ``fusion(long_dim, session_dim)``;
+    - the head, an MLP over ``[fused, target item, target cate, user, context...]``, plus
+      ``h_long`` when ``head_sees_long`` (an option DESIGN.md asks for: a fusion layer that can
+      drop the long-term interest is then compared with the head still seeing it; turn it on
+      for every fusion layer of a comparison, the concat baseline included).
+
+    Subclasses implement :meth:`encode_long` and set ``long_dim`` before calling
+    :meth:`_build_fusion_and_head`.
+
+    Args:
+        spec: vocabulary sizes and sequence shapes.
+        embed_dim: width of every id embedding.
+        fusion: factory ``(long_dim, session_dim) -> FusionLayer``; a fusion class itself
+            qualifies, or a ``functools.partial`` fixing its other options.
+        head_dims: hidden widths of the head MLP (a final linear layer gives the logit).
+        head_dropout: dropout after each hidden layer of the head.
+        head_sees_long: also feed ``h_long`` to the head beside ``fused``.
+        session_heads: attention heads of the session encoder; must divide ``2 * embed_dim``.
+        session_feedforward_dim: feed-forward width of the session encoder.
+        session_dropout: dropout inside the session encoder.
+
+    Call arguments (``forward``):
+        batch: a :class:`~ifusion_plugin.batch.CTRBatch` whose shapes match ``spec``
+            (the sequence lengths may differ).
+
+    Returns:
+        :class:`HostOutput` with ``logits`` of shape ``(B,)``.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        embed_dim: int = 32,
+        fusion: FusionFactory = ConcatFusion,
+        head_dims: Sequence[int] = (256, 128, 64),
+        head_dropout: float = 0.0,
+        head_sees_long: bool = False,
+        session_heads: int = 2,
+        session_feedforward_dim: int = 128,
+        session_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(spec, FeatureSpec):
+            raise ValueError(f"spec must be a FeatureSpec, got {type(spec).__name__}")
+        _check_positive_int("embed_dim", embed_dim)
+        if not callable(fusion):
+            raise ValueError(f"fusion must be a callable (long_dim, session_dim) -> FusionLayer, got {fusion!r}")
+        self._head_dims = _check_dims("head_dims", head_dims)
+        _check_dropout("head_dropout", head_dropout)
+        self.spec = spec
+        self.embed_dim = embed_dim
+        self.item_dim = 2 * embed_dim
+        self.head_sees_long = bool(head_sees_long)
+        self._fusion_factory = fusion
+        self._head_dropout = float(head_dropout)
+
+        self.item_embedding = nn.Embedding(spec.num_items, embed_dim, padding_idx=PAD_ID)
+        self.cate_embedding = nn.Embedding(spec.num_cates, embed_dim, padding_idx=PAD_ID)
+        self.user_embedding = nn.Embedding(spec.num_users, embed_dim, padding_idx=PAD_ID)
+        self.context_embeddings = nn.ModuleList(
+            nn.Embedding(cardinality, embed_dim, padding_idx=PAD_ID) for cardinality in spec.context_cardinalities
+        )
+        for embedding in (self.item_embedding, self.cate_embedding, self.user_embedding, *self.context_embeddings):
+            # Small initial embeddings (as FuxiCTR's default std 1e-4 ... 1e-2): N(0, 1) rows
+            # would dominate the head's first layer at the start of training.
+            nn.init.normal_(embedding.weight, std=0.01)
+            with torch.no_grad():
+                embedding.weight[PAD_ID].zero_()
+        self.session_encoder = SessionEncoder(
+            self.item_dim,
+            spec.session_len,
+            num_heads=session_heads,
+            feedforward_dim=session_feedforward_dim,
+            dropout=session_dropout,
+        )
+        self.session_dim = self.item_dim
+
+    def _build_fusion_and_head(self, long_dim: int) -> None:
+        """Build the fusion layer and the head once the subclass knows ``long_dim``."""
+        _check_positive_int("long_dim", long_dim)
+        self.long_dim = long_dim
+        fusion_layer = self._fusion_factory(long_dim, self.session_dim)
+        if not isinstance(fusion_layer, FusionLayer):
+            raise ValueError(
+                f"fusion must build a FusionLayer from (long_dim, session_dim), got {type(fusion_layer).__name__}"
+            )
+        self.fusion = fusion_layer
+        head_in = (
+            fusion_layer.fusion_dim
+            + self.item_dim  # target item and cate
+            + self.embed_dim  # user
+            + self.embed_dim * len(self.context_embeddings)
+            + (long_dim if self.head_sees_long else 0)
+        )
+        self.head = MLP(head_in, self._head_dims, out_dim=1, activation="relu", dropout=self._head_dropout)
+
+    # ----------------------------------------------------------------- embedding helpers
+    def embed_items(self, items: Tensor, cates: Tensor) -> Tensor:
+        """Behaviour features ``[item, cate]``: shape ``items.shape + (2 * embed_dim,)``."""
+        return torch.cat([self.item_embedding(items), self.cate_embedding(cates)], dim=-1)
+
+    def embed_target(self, batch: CTRBatch) -> Tensor:
+        """Target features, tensor of shape ``(B, 2 * embed_dim)``."""
+        return self.embed_items(batch.target_item, batch.target_cate)
+
+    def embed_long(self, batch: CTRBatch) -> Tensor:
+        """Long-sequence features, tensor of shape ``(B, L, 2 * embed_dim)`` (zeros at padding)."""
+        return self.embed_items(batch.long_items, batch.long_cates)
+
+    def encode_sessions(self, batch: CTRBatch) -> Tensor:
+        """``h_sessions``, tensor of shape ``(B, K, 2 * embed_dim)``; zeros for missing sessions."""
+        behaviours = self.embed_items(batch.session_items, batch.session_cates)
+        return self.session_encoder(behaviours, batch.session_item_mask)
+
+    @abstractmethod
+    def encode_long(self, batch: CTRBatch) -> Tensor:
+        """The long-term interest ``h_long``, tensor of shape ``(B, long_dim)``.
+
+        Rows without long-term history must come out finite (the fusion layer is told about
+        them through ``long_mask``).
+        """
+        raise NotImplementedError
+
+    def forward(self, batch: CTRBatch) -> HostOutput:
+        target = self.embed_target(batch)
+        h_long = self.encode_long(batch)
+        h_sessions = self.encode_sessions(batch)
+        fusion_output = self.fusion(h_long, h_sessions, session_mask=batch.session_mask, long_mask=batch.has_long)
+        parts = [fusion_output.fused, target, self.user_embedding(batch.user)]
+        if len(self.context_embeddings) > 0:
+            if batch.context is None:
+                raise ValueError(
+                    f"batch.context must be a (B, {len(self.context_embeddings)}) tensor: the spec declares "
+                    f"context_cardinalities={self.spec.context_cardinalities}"
+                )
+            parts.extend(embedding(batch.context[:, i]) for i, embedding in enumerate(self.context_embeddings))
+        if self.head_sees_long:
+            parts.append(h_long)
+        logits = self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+        return HostOutput(logits=logits, losses=dict(fusion_output.losses))

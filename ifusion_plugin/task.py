@@ -1,0 +1,169 @@
+"""The Lightning task: trains any host CTR model with BCE plus its fusion layer's auxiliary losses.
+
+``CTRTask`` knows nothing about a particular host, fusion layer or dataset: the host is a
+constructor argument (a factory ``spec -> nn.Module`` that LightningCLI builds from YAML, or an
+already-built module), the data arrive as :class:`~ifusion_plugin.batch.CTRBatch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from .batch import CTRBatch, FeatureSpec
+from .metrics import BinaryAUROC, GroupAUC, LogLoss
+
+__all__ = ["CTRTask", "HostFactory"]
+
+#: What ``CTRTask`` accepts as ``host``: a callable building the host from the dataset's
+#: :class:`FeatureSpec` (a host class such as ``TWIN`` itself, or a ``functools.partial`` of one;
+#: LightningCLI makes one from ``class_path`` + ``init_args`` without ``spec``).
+HostFactory = Callable[[FeatureSpec], nn.Module]
+
+_EVAL_STAGES = ("val", "test")
+
+# The spec is saved in every checkpoint's hyperparameters (the CLI links it in), and torch.load
+# defaults to weights_only=True: allow this plain frozen dataclass of ints so `test --ckpt_path`
+# and `load_from_checkpoint` work without weights_only=False.
+torch.serialization.add_safe_globals([FeatureSpec])
+
+
+class CTRTask(pl.LightningModule):
+    """Binary click prediction with a pluggable host.
+
+    Training minimises ``BCE(logits, label) + sum(host aux losses)``; each auxiliary loss is
+    logged as ``train_aux_<name>``. Validation and test log ``<stage>_loss`` (BCE),
+    ``<stage>_auc``, ``<stage>_gauc`` (per-user AUC weighted by impressions) and
+    ``<stage>_logloss``, accumulated over the epoch with torchmetrics and synced across processes.
+
+    Args:
+        host: a factory ``spec -> nn.Module`` called with ``feature_spec``, or an ``nn.Module``
+            already built (then ``feature_spec`` is not needed). The host's ``forward(batch)``
+            returns an object with ``logits`` of shape ``(B,)`` and a ``losses`` dict of
+            weighted scalar auxiliary losses (:class:`~ifusion_plugin.hosts.HostOutput`).
+        feature_spec: vocabulary sizes and sequence shapes; LightningCLI links it from the
+            datamodule's ``feature_spec``.
+        lr: Adam learning rate (the paper's 1e-3).
+        eps: Adam epsilon (the paper's 1e-7, TensorFlow's default, which the paper's runs used).
+        weight_decay: Adam L2 weight decay (0 in the paper).
+
+    Call arguments (``forward``):
+        batch: a :class:`CTRBatch`.
+
+    Returns (``forward``):
+        The host's output (``logits`` of shape ``(B,)``, ``losses``).
+
+    Example:
+        >>> from ifusion_plugin.hosts import DIN
+        >>> spec = FeatureSpec(num_users=10, num_items=20, num_cates=5, long_len=8, num_sessions=2, session_len=4)
+        >>> task = CTRTask(DIN, feature_spec=spec)
+        >>> type(task.host).__name__
+        'DIN'
+
+    Raises:
+        ValueError: ``host`` is a factory and ``feature_spec`` is missing, or an optimiser
+            setting is out of range.
+    """
+
+    def __init__(
+        self,
+        host: HostFactory,
+        feature_spec: Optional[FeatureSpec] = None,
+        *,
+        lr: float = 1e-3,
+        eps: float = 1e-7,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+        if isinstance(host, nn.Module):
+            # A built module is stored in the state dict; as a hyperparameter it would be pickled
+            # twice and could not be rebuilt from hparams.yaml anyway.
+            self.save_hyperparameters(ignore=["host"])
+            module = host
+        else:
+            if feature_spec is None:
+                raise ValueError(
+                    "feature_spec is required when host is a factory: pass the datamodule's feature_spec "
+                    "(the CLI links data.feature_spec to model.feature_spec)"
+                )
+            # The factory is kept (LightningCLI stores its class_path + init_args instead), so
+            # `CTRTask.load_from_checkpoint` rebuilds the same host from the checkpoint alone.
+            self.save_hyperparameters()
+            module = host(feature_spec)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"host must build an nn.Module, got {type(module).__name__}")
+        self.host = module
+        self.feature_spec = feature_spec
+        self.lr = lr
+        self.eps = eps
+        self.weight_decay = weight_decay
+        # One set of metrics per stage: validation inside `fit` must not mix with a later test.
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({"auc": BinaryAUROC(), "gauc": GroupAUC(), "logloss": LogLoss(from_logits=True)})
+                for stage in _EVAL_STAGES
+            }
+        )
+
+    def forward(self, batch: CTRBatch) -> Any:
+        return self.host(batch)
+
+    def _common_step(self, batch: CTRBatch, stage: str) -> Tensor:
+        """Loss of one batch, logged under ``stage`` ("train", "val" or "test")."""
+        output = self.host(batch)
+        logits = output.logits.float()  # BCE and metrics in float32 under bf16 autocast
+        label = batch.label.float()
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, label)
+        batch_size = len(batch)
+        loss = bce
+        if stage == "train":
+            for name, aux in output.losses.items():
+                self.log(f"train_aux_{name}", aux, batch_size=batch_size)
+                loss = loss + aux
+            self.log("train_bce", bce, batch_size=batch_size)
+            self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
+            return loss
+        # Aux losses are training objectives (empty in eval mode); the eval loss is the BCE.
+        self.log(f"{stage}_loss", bce, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        metrics = self.metrics[stage]
+        probs = torch.sigmoid(logits)
+        target = label.long()
+        metrics["auc"].update(probs, target)
+        metrics["gauc"].update(probs, target, batch.user)
+        metrics["logloss"].update(logits, target)
+        for name, metric in metrics.items():
+            # Logging the Metric object lets Lightning compute, sync and reset it per epoch.
+            self.log(f"{stage}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "auc")
+        return bce
+
+    def training_step(self, batch: CTRBatch, batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: CTRBatch, batch_idx: int) -> Tensor:
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: CTRBatch, batch_idx: int) -> Tensor:
+        return self._common_step(batch, "test")
+
+    def predict_step(self, batch: CTRBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Click probabilities with the ids they belong to.
+
+        Returns:
+            dict with ``user``, ``target_item`` (long tensors of shape ``(B,)``) and ``prob``
+            (float tensor of shape ``(B,)``, the sigmoid of the logit).
+        """
+        probs = torch.sigmoid(self.host(batch).logits.float())
+        return {"user": batch.user, "target_item": batch.target_item, "prob": probs}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+

@@ -1,0 +1,142 @@
+"""End-to-end CLI runs: every host x fusion recipe, checkpoint round trip, predict, W&B offline.
+
+Each run happens in ``tmp_path`` as the working directory, so logs land there and never in the
+repository; the recipes are read from the repository by absolute path.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifusion_plugin.cli import CTRLightningCLI, main
+from ifusion_plugin.task import CTRTask
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+HOSTS = ("avgpool", "din", "sim", "twin")
+FUSIONS = ("", "_concat", "_gate")
+
+# A few steps of a small model: the recipes' structure is under test, not their accuracy.
+QUICK = [
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.limit_predict_batches=2",
+    "--trainer.enable_model_summary=false",
+    "--model.init_args.host.init_args.embed_dim=8",
+    "--model.init_args.host.init_args.head_dims=[16]",
+]
+
+
+def _data_args() -> tuple[list[str], dict]:
+    """The recipes' own SyntheticDataModule, shrunk so that building it takes a moment."""
+    small = ["num_users=60", "num_items=80", "history_len=30", "train_per_user=2", "long_len=20", "batch_size=32"]
+    return [f"--data.init_args.{option}" for option in small], {}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    # LightningCLI warns when both `args` and pytest's own argv are present.
+    monkeypatch.setattr("sys.argv", ["ifusion_plugin.cli"])
+    return tmp_path
+
+
+def run(subcommand: str, recipe: str, *extra: str) -> CTRLightningCLI:
+    data_args, kwargs = _data_args()
+    args = [subcommand, f"--config={RECIPES / recipe}", *QUICK, *data_args, *extra]
+    return main(args, **kwargs)
+
+
+def metrics_of(cli: CTRLightningCLI, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", FUSIONS, ids=["ifusion", "concat", "gate"])
+@pytest.mark.parametrize("host", HOSTS)
+def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, capsys) -> None:
+    cli = run("fit", f"{host}{fusion}.yaml", "--run_test=true")
+    assert type(cli.model.host).__name__.lower().startswith(host)
+    expected_fusion = {"": "InterestFusion", "_concat": "ConcatFusion", "_gate": "GateFusion"}[fusion]
+    assert type(cli.model.host.fusion).__name__ == expected_fusion
+    after_fit = metrics_of(cli, "test_")
+    assert set(after_fit) == {"test_loss", "test_auc", "test_gauc", "test_logloss"}
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert best and os.path.isfile(best)
+    output = capsys.readouterr().out
+    assert "test (best checkpoint)" in output and "test_gauc" in output
+
+    # No config.yaml or lightning_logs/ in the working directory (data_cache/ is the data's).
+    assert not {"config.yaml", "lightning_logs", "checkpoints"} & set(os.listdir(in_tmp))
+    assert glob.glob("logs/lightning_logs/version_*/config.yaml")
+    assert glob.glob("logs/lightning_logs/version_*/metrics.csv")
+
+    again = run("test", f"{host}{fusion}.yaml", f"--ckpt_path={best}")
+    assert metrics_of(again, "test_") == pytest.approx(after_fit, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
+    cli = run("fit", "din_concat.yaml")
+    best = cli.trainer.checkpoint_callback.best_model_path
+    # A CLI checkpoint rebuilds its task in Python alone (host config and spec in hparams),
+    # with torch.load's default weights_only=True.
+    restored = CTRTask.load_from_checkpoint(best)
+    assert type(restored.host).__name__ == "DIN" and type(restored.host.fusion).__name__ == "ConcatFusion"
+    assert restored.feature_spec == cli.datamodule.feature_spec
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(value, saved[key]) for key, value in restored.state_dict().items())
+    validated = run("validate", "din_concat.yaml", f"--ckpt_path={best}")
+    assert metrics_of(validated, "val_auc") == pytest.approx(metrics_of(cli, "val_auc"), rel=1e-6)
+    assert "validate" in capsys.readouterr().out
+
+    run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/preds.csv")
+    with open("out/preds.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 32  # limit_predict_batches=2 batches of 32
+    probs = torch.tensor([float(r["prob"]) for r in rows])
+    assert bool(((probs > 0) & (probs < 1)).all())
+    assert all(int(r["user"]) >= 2 and int(r["target_item"]) >= 2 for r in rows)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run(in_tmp: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run("fit", "avgpool_concat.yaml", f"--config={RECIPES / 'wandb.yaml'}")
+    runs = glob.glob("logs/wandb/offline-run-*")
+    assert len(runs) == 1 and glob.glob(f"{runs[0]}/*.wandb")
+    assert not os.path.exists("wandb") and not os.path.exists("config.yaml")
+    # The CSV logger stays first: config.yaml beside its metrics.
+    assert glob.glob("logs/lightning_logs/version_*/config.yaml")
+
+
+def test_recipes_resolve(in_tmp: Path) -> None:
+    """--print_config resolves every recipe (nested fusion files included) without running."""
+    for recipe in sorted(RECIPES.glob("*.yaml")):
+        if recipe.name in ("wandb.yaml", "gpu.yaml"):
+            continue
+        data_args, kwargs = _data_args()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", f"--config={recipe}", *data_args, "--print_config"], **kwargs)
+        assert exit_info.value.code == 0, recipe.name
+    assert "config.yaml" not in os.listdir(in_tmp)
+
+
+def test_fusion_variants_differ_only_in_fusion() -> None:
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml") if "_" not in p.stem and p.stem in HOSTS) == sorted(HOSTS)
+    for host in HOSTS:
+        texts = {f: (RECIPES / f"{host}{f}.yaml").read_text().splitlines() for f in FUSIONS}
+        base = texts[""]
+        for fusion in ("_concat", "_gate"):
+            diff = [(a, b) for a, b in zip(base, texts[fusion]) if a != b]
+            assert len(base) == len(texts[fusion])
+            # Comment lines name the variant; the only setting that differs is the fusion file.
+            settings = [(a, b) for a, b in diff if not a.lstrip().startswith("#")]
+            assert settings == [("        fusion: fusion/ifusion.yaml", f"        fusion: fusion/{fusion[1:]}.yaml")]
