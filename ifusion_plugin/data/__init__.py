@@ -10,6 +10,7 @@ from .datamodule import (
     build_ctr_samples,
 )
 from .sequences import SequenceOptions, split_history
+from .table_datamodule import TableDataModule
 
 __all__ = [
     "AmazonBooksDIENDataModule",
@@ -18,6 +19,7 @@ __all__ = [
     "MovieLens1MDataModule",
     "SequenceOptions",
     "SyntheticDataModule",
+    "TableDataModule",
     "TaobaoDataModule",
     "build_ctr_samples",
     "split_history",

@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 OnBadLine = Literal["error", "skip"]
 
 
+CACHE_ENV = "IFUSION_CACHE_DIR"
+
+
+def default_cache_dir() -> str:
+    """The default ``cache_dir``: ``$IFUSION_CACHE_DIR`` if set (``~`` expanded), else
+    ``~/.cache/ifusion-plugin``."""
+    return os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "ifusion-plugin"))
+
+
 class _RangeBatchSampler(Sampler[list[int]]):
     """Yields whole batches as index lists: contiguous ranges, or shuffled ranges of a
     per-epoch permutation (seeded by ``seed + epoch`` so runs repeat)."""
@@ -204,7 +213,11 @@ class CTRDataModule(L.LightningDataModule):
     """Base DataModule: builds (or loads) the cached splits lazily and serves CTRBatch loaders.
 
     Batches: ``user``/``target_item``/``target_cate``/``label`` ``(B,)``, ``long_*`` ``(B, L)``,
-    ``session_*`` ``(B, K, N)``. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
+    ``session_*`` ``(B, K, N)``.
+
+    ``cache_dir`` (every subclass): where the built splits are cached; ``None`` (default) means
+    ``$IFUSION_CACHE_DIR`` if set, else ``~/.cache/ifusion-plugin`` (see :func:`default_cache_dir`);
+    ``~`` is expanded. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
     :meth:`_content_options` and :meth:`_build`.
     """
 
@@ -222,7 +235,7 @@ class CTRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__()
@@ -244,7 +257,7 @@ class CTRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.cache_dir = cache_dir
+        self.cache_dir = default_cache_dir() if cache_dir is None else os.path.expanduser(cache_dir)
         self.on_bad_line = on_bad_line
         self._splits = None
         self._spec: Optional[FeatureSpec] = None
@@ -324,12 +337,22 @@ class CTRDataModule(L.LightningDataModule):
 
 
 class SyntheticDataModule(CTRDataModule):
-    """Generated users with planted long-term preferences and a recent drift.
+    """Generated users with planted long-term preferences and a short-term drift.
 
-    Each user has ``long_pref_per_user`` preferred categories (most of the older history) and
-    one drift category that dominates the last ``drift_len`` behaviours; the next item (the
-    positive) comes from the drift category with probability ``drift_prob`` and otherwise from
-    the long-term ones, so both the long and the short part carry signal.
+    Each user has ``long_pref_per_user`` preferred categories. Every sample has its own history
+    of ``history_len`` behaviours (hourly timestamps): the latest ``drift_len`` behaviours
+    (default ``num_sessions * session_len``, i.e. the sessions) belong to the sample's drift
+    category, one category outside the user's preferences; the older ones to the user's
+    preferences; each behaviour is instead of a uniformly random category with probability
+    ``noise``. The positive's category is one of the user's preferences with probability
+    ``1 - drift_prob`` and the drift category otherwise; the negative is a uniformly random item.
+    With the defaults the preferences show only in the long-term part and the drift only in the
+    sessions, so a model needs both parts to do best. Items are ``0 .. num_items - 1``; item ``i``
+    has category ``i % num_cates``.
+
+    Per user ``train_per_user`` train samples, one valid and one test sample, each a positive
+    followed by its negative (same history). Everything is drawn with vectorised numpy from
+    ``seed`` alone, so the data are deterministic by seed.
     """
 
     def __init__(
@@ -339,10 +362,10 @@ class SyntheticDataModule(CTRDataModule):
         num_cates: int = 20,
         history_len: int = 40,
         long_pref_per_user: int = 2,
-        drift_len: int = 10,
-        drift_prob: float = 0.6,
+        drift_len: Optional[int] = None,
+        drift_prob: float = 0.5,
+        noise: float = 0.1,
         train_per_user: int = 10,
-        min_train_position: int = 20,
         long_len: int = 50,
         num_sessions: int = 4,
         session_len: int = 5,
@@ -355,16 +378,23 @@ class SyntheticDataModule(CTRDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
-        if num_items < num_cates or history_len < 3:
-            raise ValueError("need num_items >= num_cates and history_len >= 3")
+        drift_len = num_sessions * session_len if drift_len is None else drift_len
+        if num_users <= 0 or train_per_user <= 0 or history_len <= 0:
+            raise ValueError("num_users, train_per_user and history_len must be positive")
+        if num_items < num_cates or num_cates < long_pref_per_user + 1 or long_pref_per_user <= 0:
+            raise ValueError("need num_items >= num_cates > long_pref_per_user > 0")
+        if not 0 <= drift_len <= history_len:
+            raise ValueError(f"drift_len must be in [0, history_len], got {drift_len}")
+        if not (0.0 <= drift_prob <= 1.0 and 0.0 <= noise <= 1.0):
+            raise ValueError("drift_prob and noise must be probabilities")
         self.gen = dict(num_users=num_users, num_items=num_items, num_cates=num_cates, history_len=history_len,
                         long_pref_per_user=long_pref_per_user, drift_len=drift_len, drift_prob=drift_prob,
-                        train_per_user=train_per_user, min_train_position=min_train_position)
+                        noise=noise, train_per_user=train_per_user, version=2)
 
     def _source_name(self) -> str:
         return "synthetic"
@@ -372,41 +402,70 @@ class SyntheticDataModule(CTRDataModule):
     def _content_options(self) -> dict[str, object]:
         return dict(self.gen)
 
-    def generate(self) -> tuple[list[int], list[np.ndarray], dict[int, int]]:
-        """Raw users, sequences (items without repeats, oldest first) and item -> category."""
+    def generate(self) -> dict[str, np.ndarray]:
+        """Raw samples (ids from 0): ``user (S,)``, ``split (S,)`` (0 train, 1 valid, 2 test),
+        ``hist_items``/``hist_cates (S, history_len)`` oldest first, ``pos_item``,
+        ``neg_item (S,)``; ``S = num_users * (train_per_user + 2)``, users' samples contiguous."""
         g = self.gen
         rng = np.random.default_rng(self.seed)
-        cate_of = {i: i % g["num_cates"] for i in range(g["num_items"])}
-        by_cate = [np.arange(c, g["num_items"], g["num_cates"]) for c in range(g["num_cates"])]
-        users, seqs = [], []
-        hl = g["history_len"] + 1
-        for u in range(g["num_users"]):
-            prefs = rng.choice(g["num_cates"], size=g["long_pref_per_user"] + 1, replace=False)
-            long_c, drift = prefs[:-1], prefs[-1]
-            seq: list[int] = []
-            used: set[int] = set()
-            for t in range(hl):
-                recent = t >= hl - g["drift_len"] - 1
-                if recent and rng.random() < g["drift_prob"]:
-                    c = drift
-                elif rng.random() < 0.9:
-                    c = long_c[rng.integers(len(long_c))]
-                else:
-                    c = rng.integers(g["num_cates"])
-                pool = [i for i in by_cate[c].tolist() if i not in used] or [i for i in range(g["num_items"]) if i not in used]
-                item = int(pool[rng.integers(len(pool))])
-                used.add(item)
-                seq.append(item)
-            users.append(u)
-            seqs.append(np.array(seq, dtype=np.int64))
-        return users, seqs, cate_of
+        U, C, I, H = g["num_users"], g["num_cates"], g["num_items"], g["history_len"]
+        P, per = g["long_pref_per_user"], g["train_per_user"] + 2
+        # Preferences: the first P of a random permutation of the categories, per user.
+        prefs = np.argsort(rng.random((U, C)), axis=1)[:, :P]
+        user = np.repeat(np.arange(U), per)
+        split = np.tile(np.r_[np.zeros(per - 2, np.int64), 1, 2], U)
+        S = len(user)
+        # Drift: a category outside the user's preferences, per sample.
+        is_pref = np.zeros((U, C), bool)
+        np.put_along_axis(is_pref, prefs, True, axis=1)
+        other = np.where(is_pref[user], np.inf, rng.random((S, C)))
+        drift = np.argmin(other, axis=1)
+        pick = prefs[user[:, None], rng.integers(P, size=(S, H))]
+        recent = np.arange(H) >= H - g["drift_len"]
+        cates = np.where(recent[None, :], drift[:, None], pick)
+        cates = np.where(rng.random((S, H)) < g["noise"], rng.integers(C, size=(S, H)), cates)
+        pos_cate = np.where(rng.random(S) < g["drift_prob"], drift, prefs[user, rng.integers(P, size=S)])
+
+        def item_of(cate: np.ndarray) -> np.ndarray:
+            # Item i has category i % C: category c owns c, c + C, ... below I.
+            count = (I - 1 - cate) // C + 1
+            return cate + C * np.floor(rng.random(cate.shape) * count).astype(np.int64)
+
+        neg = rng.integers(I, size=S)
+        return {"user": user, "split": split, "hist_items": item_of(cates), "hist_cates": cates,
+                "pos_item": item_of(pos_cate), "neg_item": neg}
 
     def _build(self):
-        users, seqs, cate_of = self.generate()
-        times = [np.arange(len(s), dtype=np.int64) * 3600 for s in seqs]  # hourly, for time_gap
-        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed + 1,
-                                 train_per_user=self.gen["train_per_user"],
-                                 min_train_position=self.gen["min_train_position"], times=times)
+        g = self.gen
+        raw = self.generate()
+        C, S, H = g["num_cates"], len(raw["user"]), g["history_len"]
+        opts = self.sequence_options
+        times = np.arange(H, dtype=np.int64) * 3600  # hourly, for time_gap
+        long_i = np.zeros((S, opts.long_len), np.int64)
+        long_c = np.zeros_like(long_i)
+        sess_i = np.zeros((S, opts.num_sessions, opts.session_len), np.int64)
+        sess_c = np.zeros_like(sess_i)
+        items, cates = raw["hist_items"] + FIRST_ID, raw["hist_cates"] + FIRST_ID
+        for k in range(S):
+            h = split_history(items[k], cates[k], opts, times)
+            long_i[k], long_c[k], sess_i[k], sess_c[k] = h.long_items, h.long_cates, h.session_items, h.session_cates
+        two = lambda a: np.repeat(a, 2, axis=0)  # noqa: E731  (positive, negative) rows per sample
+        target = np.stack([raw["pos_item"], raw["neg_item"]], axis=1).reshape(-1)
+        cols = {
+            "user": two(raw["user"] + FIRST_ID),
+            "target_item": target + FIRST_ID,
+            "target_cate": target % C + FIRST_ID,
+            "long_items": two(long_i), "long_cates": two(long_c),
+            "session_items": two(sess_i), "session_cates": two(sess_c),
+            "label": np.tile(np.array([1, 0], np.int64), S),
+        }
+        split = two(raw["split"])
+        out = {name: {k: np.ascontiguousarray(v[split == code]) for k, v in cols.items()}
+               for code, name in enumerate(("train", "valid", "test"))}
+        spec = FeatureSpec(num_users=g["num_users"] + FIRST_ID, num_items=g["num_items"] + FIRST_ID,
+                           num_cates=C + FIRST_ID, long_len=opts.long_len, num_sessions=opts.num_sessions,
+                           session_len=opts.session_len)
+        return out, spec
 
 
 def _bad(path: str, lineno: int, what: str, policy: str, counter: list[int]) -> None:
@@ -442,7 +501,7 @@ class MovieLens1MDataModule(CTRDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         if session_split != "chunk":
@@ -564,7 +623,7 @@ class AmazonGroceryDataModule(CTRDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
@@ -612,7 +671,7 @@ class TaobaoDataModule(CTRDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
@@ -664,7 +723,7 @@ class AmazonBooksDIENDataModule(CTRDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        cache_dir: str = "data_cache",
+        cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, "chunk", 86_400.0, long_includes_short,

@@ -1,0 +1,196 @@
+"""A prepared-sample table (your own samples, a peer library's split, an export) as a DataModule.
+
+:class:`TableDataModule` reads the format of :mod:`ifusion_plugin.data.table` (``train``/``valid``/
+``test`` ``.parquet``/``.csv`` files in a directory, or one file with a ``split`` column), builds
+the vocabularies from the train split (unseen ids -> ``OOV_ID``), splits each history with
+:func:`~ifusion_plugin.data.sequences.split_history` and caches the encoded splits as ``datasets``
+Arrow datasets like every other source. See ``docs/table.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..batch import FIRST_ID, FeatureSpec
+from .datamodule import CTRDataModule
+from .table import (
+    TableVocabularies,
+    Vocabulary,
+    build_vocabularies,
+    encode_table,
+    find_split_files,
+    read_split_tables,
+    vocabulary_sizes,
+)
+
+__all__ = ["EXPORT_META", "TableDataModule"]
+
+#: Name of the sidecar file the exporter writes beside the split files (vocabulary sizes and
+#: provenance); read by ``TableDataModule(encoded_ids=True)``.
+EXPORT_META = "export.json"
+
+
+class TableDataModule(CTRDataModule):
+    """CTR samples from a prepared table: one row per impression with its history attached.
+
+    Batches (:class:`~ifusion_plugin.batch.CTRBatch`): ``user``/``target_item``/``target_cate``/
+    ``label`` of shape ``(B,)``, ``long_*`` ``(B, L)``, ``session_*`` ``(B, K, N)`` and, when
+    ``context_columns`` is not empty, ``context`` ``(B, C)`` with ``C = len(context_columns)``
+    (their vocabulary sizes are ``feature_spec.context_cardinalities``). Rows keep file order.
+
+    Args:
+        root: a directory holding ``train``, ``valid`` and ``test`` files (``.parquet`` or
+            ``.csv``), or one ``.parquet``/``.csv`` file with a ``split`` column.
+        context_columns: extra categorical columns given to the head as context features, in
+            this order.
+        list_separator: separator of the list columns in CSV files (a space by default, where
+            any run of whitespace separates).
+        encoded_ids: the ids are already vocabulary indices (0 pad, 1 OOV, known ids from 2),
+            as ``python -m ifusion_plugin.data.export`` writes them: they are used unchanged
+            instead of building vocabularies from train, with the sizes of ``root/export.json``
+            when present (else the largest id over all splits + 1).
+        long_len, num_sessions, session_len, session_split, session_gap_seconds,
+            long_includes_short: the long/short split, see
+            :class:`~ifusion_plugin.data.sequences.SequenceOptions`; ``time_gap`` needs a
+            ``history_timestamps`` column.
+        seed: seed of the train shuffling (seed + epoch).
+        batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: the loaders.
+        cache_dir: where the encoded splits are cached (``None``: the base class default,
+            ``$IFUSION_CACHE_DIR`` or ``~/.cache/ifusion-plugin``); the key covers every option
+            above that changes content, the resolved ``root`` and the files' sizes and mtimes.
+
+    Raises:
+        FileNotFoundError: (on first use) no split files at ``root``.
+        ValueError: (on first use) a file breaks the format; the message names the file.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        context_columns: Sequence[str] = (),
+        list_separator: str = " ",
+        encoded_ids: bool = False,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "chunk",
+        session_gap_seconds: float = 86_400.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, "error")
+        if not list_separator:
+            raise ValueError("list_separator must not be empty")
+        if len(set(context_columns)) != len(context_columns):
+            raise ValueError(f"context_columns has duplicates: {list(context_columns)}")
+        self.root = root
+        self.context_columns = list(context_columns)
+        self.list_separator = list_separator
+        self.encoded_ids = encoded_ids
+
+    # --- CTRDataModule hooks ---------------------------------------------------------------
+    def _source_name(self) -> str:
+        return "table"
+
+    def _raw_files(self) -> list[str]:
+        files = sorted(set(find_split_files(self.root).values()))
+        meta = self._meta_path()
+        if self.encoded_ids and meta is not None:
+            files.append(meta)
+        return files
+
+    def _content_options(self) -> dict[str, object]:
+        return {
+            "root": os.path.abspath(self.root),
+            "context_columns": self.context_columns,
+            "list_separator": self.list_separator,
+            "encoded_ids": self.encoded_ids,
+        }
+
+    def _build(self) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
+        tables = read_split_tables(self.root, self.list_separator)
+        for name in self.context_columns:
+            for split, table in tables.items():
+                if name not in table.column_names:
+                    raise ValueError(
+                        f"{find_split_files(self.root)[split]}: context_columns names {name!r}, which this file does not "
+                        f"have (columns: {table.column_names})"
+                    )
+        vocabularies = self._identity_vocabularies(tables) if self.encoded_ids else build_vocabularies(
+            tables["train"], self.context_columns
+        )
+        splits = {
+            split: encode_table(table, vocabularies, self.sequence_options, self.context_columns)
+            for split, table in tables.items()
+        }
+        options = self.sequence_options
+        spec = FeatureSpec(
+            **vocabulary_sizes(vocabularies, self.context_columns),  # type: ignore[arg-type]
+            long_len=options.long_len,
+            num_sessions=options.num_sessions,
+            session_len=options.session_len,
+        )
+        return splits, spec
+
+    # --- encoded ids -----------------------------------------------------------------------
+    def _meta_path(self) -> Optional[str]:
+        directory = self.root if os.path.isdir(self.root) else os.path.dirname(os.path.abspath(self.root))
+        path = os.path.join(directory, EXPORT_META)
+        return path if os.path.isfile(path) else None
+
+    def _identity_vocabularies(self, tables: dict[str, pa.Table]) -> TableVocabularies:
+        """Vocabularies mapping each id ``2 <= v < size`` to itself and anything else to OOV.
+
+        Sizes come from ``export.json`` (``feature_spec``) when present, else the largest id over
+        all splits + 1.
+        """
+        sizes: dict[str, int] = {}
+        meta = self._meta_path()
+        if meta is not None:
+            with open(meta, encoding="utf-8") as handle:
+                spec = json.load(handle).get("feature_spec", {})
+            sizes = {key: int(spec[field]) for key, field in
+                     (("user_id", "num_users"), ("item_id", "num_items"), ("cate_id", "num_cates")) if field in spec}
+
+        def largest(columns: Sequence[str]) -> int:
+            top = FIRST_ID - 1
+            for table in tables.values():
+                for name in columns:
+                    if name not in table.column_names:
+                        continue
+                    column = table[name]
+                    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                        column = pc.list_flatten(column)
+                    if len(column) == 0:
+                        continue
+                    try:
+                        value = pc.max(column.cast(pa.int64())).as_py()
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                        raise ValueError(f"encoded_ids=True needs integer ids; column {name!r}: {error}") from error
+                    if value is not None:
+                        top = max(top, int(value))
+            return top + 1
+
+        def identity(size: int) -> Vocabulary:
+            return Vocabulary(pa.array(np.arange(FIRST_ID, max(size, FIRST_ID), dtype=np.int64)))
+
+        has_cates = "cate_id" in tables["train"].column_names
+        return TableVocabularies(
+            users=identity(sizes.get("user_id", largest(["user_id"]))),
+            items=identity(sizes.get("item_id", largest(["item_id", "item_history"]))),
+            cates=identity(sizes.get("cate_id", largest(["cate_id", "cate_history"]))) if has_cates else None,
+            context={name: identity(largest([name])) for name in self.context_columns},
+        )
