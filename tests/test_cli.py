@@ -33,8 +33,18 @@ QUICK = [
 ]
 
 
-def _data_args() -> tuple[list[str], dict]:
-    """The recipes' own SyntheticDataModule, shrunk so that building it takes a moment."""
+GROCERY_SLICE = Path(__file__).resolve().parent / "fixtures" / "amazon-grocery-slice"
+
+
+def _data_args(data: str = "synthetic") -> tuple[list[str], dict]:
+    """The recipes' own SyntheticDataModule, shrunk so that building it takes a moment, or the
+    committed slice of real Amazon Grocery logs through its data recipe."""
+    if data == "grocery-slice":
+        return [
+            f"--config={RECIPES / 'data' / 'amazon-grocery.yaml'}",
+            f"--data.init_args.root={GROCERY_SLICE}",
+            "--data.init_args.batch_size=32",
+        ], {}
     small = ["num_users=60", "num_items=80", "history_len=30", "train_per_user=2", "long_len=20", "batch_size=32"]
     return [f"--data.init_args.{option}" for option in small], {}
 
@@ -47,9 +57,9 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def run(subcommand: str, recipe: str, *extra: str) -> CTRLightningCLI:
-    data_args, kwargs = _data_args()
-    args = [subcommand, f"--config={RECIPES / recipe}", *QUICK, *data_args, *extra]
+def run(subcommand: str, recipe: str, *extra: str, data: str = "synthetic") -> CTRLightningCLI:
+    data_args, kwargs = _data_args(data)
+    args = [subcommand, f"--config={RECIPES / recipe}", *data_args, *QUICK, *extra]
     return main(args, **kwargs)
 
 
@@ -60,8 +70,9 @@ def metrics_of(cli: CTRLightningCLI, prefix: str) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS, ids=["ifusion", "concat", "gate"])
 @pytest.mark.parametrize("host", HOSTS)
-def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, capsys) -> None:
-    cli = run("fit", f"{host}{fusion}.yaml", "--run_test=true")
+@pytest.mark.parametrize("data", ["synthetic", "grocery-slice"])
+def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, data: str, capsys) -> None:
+    cli = run("fit", f"{host}{fusion}.yaml", "--run_test=true", data=data)
     assert type(cli.model.host).__name__.lower().startswith(host)
     expected_fusion = {"": "InterestFusion", "_concat": "ConcatFusion", "_gate": "GateFusion"}[fusion]
     assert type(cli.model.host.fusion).__name__ == expected_fusion
@@ -77,7 +88,7 @@ def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, cap
     assert glob.glob("logs/lightning_logs/version_*/config.yaml")
     assert glob.glob("logs/lightning_logs/version_*/metrics.csv")
 
-    again = run("test", f"{host}{fusion}.yaml", f"--ckpt_path={best}")
+    again = run("test", f"{host}{fusion}.yaml", f"--ckpt_path={best}", data=data)
     assert metrics_of(again, "test_") == pytest.approx(after_fit, rel=1e-6)
 
 

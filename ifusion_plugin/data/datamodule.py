@@ -339,7 +339,10 @@ class CTRDataModule(L.LightningDataModule):
 class SyntheticDataModule(CTRDataModule):
     """Generated users with planted long-term preferences and a short-term drift.
 
-    Each user has ``long_pref_per_user`` preferred categories. Every sample has its own history
+    Each user has ``long_pref_per_user`` preferred categories. Categories have a popularity
+    ``1 / (c + 1) ** cate_skew`` (``c`` the category id; 0 gives uniform): preferences and drift
+    categories are drawn with these weights, so popular categories are liked by more users while
+    negatives stay uniform items. Every sample has its own history
     of ``history_len`` behaviours (hourly timestamps): the latest ``drift_len`` behaviours
     (default ``num_sessions * session_len``, i.e. the sessions) belong to the sample's drift
     category, one category outside the user's preferences; the older ones to the user's
@@ -365,6 +368,7 @@ class SyntheticDataModule(CTRDataModule):
         drift_len: Optional[int] = None,
         drift_prob: float = 0.5,
         noise: float = 0.1,
+        cate_skew: float = 1.0,
         train_per_user: int = 10,
         long_len: int = 50,
         num_sessions: int = 4,
@@ -394,7 +398,7 @@ class SyntheticDataModule(CTRDataModule):
             raise ValueError("drift_prob and noise must be probabilities")
         self.gen = dict(num_users=num_users, num_items=num_items, num_cates=num_cates, history_len=history_len,
                         long_pref_per_user=long_pref_per_user, drift_len=drift_len, drift_prob=drift_prob,
-                        noise=noise, train_per_user=train_per_user, version=2)
+                        noise=noise, cate_skew=float(cate_skew), train_per_user=train_per_user, version=2)
 
     def _source_name(self) -> str:
         return "synthetic"
@@ -410,16 +414,17 @@ class SyntheticDataModule(CTRDataModule):
         rng = np.random.default_rng(self.seed)
         U, C, I, H = g["num_users"], g["num_cates"], g["num_items"], g["history_len"]
         P, per = g["long_pref_per_user"], g["train_per_user"] + 2
-        # Preferences: the first P of a random permutation of the categories, per user.
-        prefs = np.argsort(rng.random((U, C)), axis=1)[:, :P]
+        # Category popularity ~ 1 / (rank + 1) ** cate_skew (rank = category id): preferences and
+        # drift categories are drawn without replacement with these weights (Gumbel top-k).
+        log_w = -g["cate_skew"] * np.log1p(np.arange(C))
+        prefs = np.argsort(-(log_w + rng.gumbel(size=(U, C))), axis=1)[:, :P]
         user = np.repeat(np.arange(U), per)
         split = np.tile(np.r_[np.zeros(per - 2, np.int64), 1, 2], U)
         S = len(user)
         # Drift: a category outside the user's preferences, per sample.
         is_pref = np.zeros((U, C), bool)
         np.put_along_axis(is_pref, prefs, True, axis=1)
-        other = np.where(is_pref[user], np.inf, rng.random((S, C)))
-        drift = np.argmin(other, axis=1)
+        drift = np.argmax(np.where(is_pref[user], -np.inf, log_w + rng.gumbel(size=(S, C))), axis=1)
         pick = prefs[user[:, None], rng.integers(P, size=(S, H))]
         recent = np.arange(H) >= H - g["drift_len"]
         cates = np.where(recent[None, :], drift[:, None], pick)
