@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from .cli import run
 
-main(sys.argv[1:])
+sys.exit(run(sys.argv[1:]))

@@ -1,4 +1,6 @@
-"""Command line: ``python -m ifusion_plugin.cli {fit,validate,test,predict} --config recipes/twin.yaml``.
+"""Command line: ``python -m ifusion_plugin.cli {fit,validate,test,predict} --config recipes/twin.yaml``,
+and ``python -m ifusion_plugin.cli export --ckpt ...`` (serving files, see
+:mod:`ifusion_plugin.export_command`).
 
 A thin :class:`~lightning.pytorch.cli.LightningCLI`: the model is a :class:`~ifusion_plugin.task.CTRTask`
 whose host (and the host's fusion layer) is a ``class_path`` in YAML, the data any subclass of
@@ -13,8 +15,11 @@ Differences from a plain ``LightningCLI``:
 - logs (CSV by default), checkpoints and the resolved ``config.yaml`` go under ``logs/``, never
   into the working directory, where the config would overwrite a user's own file;
 - after ``fit``, ``validate`` and ``test`` a table of the final epoch metrics is printed;
-- ``predict`` writes ``user,target_item,prob`` rows to ``--predictions_path``
-  (default ``logs/predictions.csv``).
+- ``predict`` scores the split ``--predict_split`` (default ``test``) and writes one
+  ``user, target_item, label, prob`` row per sample to ``--predictions_path``: Parquet when the
+  path ends in ``.parquet``, else CSV (default ``logs/predictions.csv``). Ids are the dataset's
+  encoded ids (the batch layout's: 0 padding, 1 out-of-vocabulary). An existing file is
+  replaced only with ``--overwrite_predictions true``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,7 +37,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .task import CTRTask
 
-__all__ = ["CTRLightningCLI", "format_summary", "main"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["CTRLightningCLI", "format_summary", "main", "write_predictions"]
+
+PREDICT_SPLITS = ("train", "valid", "test")
+PREDICTION_COLUMNS = ("user", "target_item", "label", "prob")
 
 #: Defaults every run gets unless the YAML or the command line says otherwise.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -48,6 +61,28 @@ def format_summary(metrics: dict[str, float], title: str) -> str:
     rule = "-" * (width + 14)
     rows = [f"{name:<{width}}  {value:>12.6f}" for name, value in sorted(metrics.items())]
     return "\n".join([rule, title, rule, *rows, rule])
+
+
+def write_predictions(columns: dict[str, "np.ndarray"], path: str) -> None:
+    """Write equal-length prediction columns to ``path``: Parquet for ``.parquet``, else CSV.
+
+    The file is written under a temporary name and renamed, so an interrupted run never
+    leaves a truncated file behind.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    base, ext = os.path.splitext(path)
+    partial = f"{base}.partial{ext}"
+    if ext == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), partial)
+    else:
+        with open(partial, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(columns))
+            writer.writerows(zip(*(values.tolist() for values in columns.values())))
+    os.replace(partial, path)
 
 
 class CTRLightningCLI(LightningCLI):
@@ -72,25 +107,42 @@ class CTRLightningCLI(LightningCLI):
             "--predictions_path",
             type=str,
             default=os.path.join("logs", "predictions.csv"),
-            help="predict only: CSV file receiving one 'user,target_item,prob' row per sample",
+            help="predict only: file receiving one 'user, target_item, label, prob' row per sample; "
+            "Parquet when it ends in .parquet, else CSV",
+        )
+        parser.add_argument(
+            "--predict_split",
+            type=str,
+            default="test",
+            help="predict only: the split to score, 'train', 'valid' or 'test'",
+        )
+        parser.add_argument(
+            "--overwrite_predictions",
+            type=bool,
+            default=False,
+            help="predict only: replace an existing --predictions_path",
         )
 
     def predict(self, **kwargs: Any) -> None:
-        """``trainer.predict`` (called by LightningCLI instead of it), then the CSV file."""
+        """``trainer.predict`` on ``--predict_split`` (LightningCLI calls this instead of it),
+        then the predictions file."""
+        path = self._get(self.config, "predictions_path")
+        split = self._get(self.config, "predict_split", "test")
+        if split not in PREDICT_SPLITS:
+            raise ValueError(f"--predict_split must be one of {', '.join(PREDICT_SPLITS)}, got {split!r}")
+        # Checked before predicting: an hour of scoring must not end on an existing file.
+        if os.path.exists(path) and not self._get(self.config, "overwrite_predictions", False):
+            raise FileExistsError(f"--predictions_path {path} exists; pass --overwrite_predictions true to replace it")
+        if self.datamodule is not None:
+            self.datamodule.predict_split = split
         batches = self.trainer.predict(**kwargs)
         if not self.trainer.is_global_zero or batches is None:
             return
-        path = self._get(self.config, "predictions_path")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["user", "target_item", "prob"])
-            for batch in batches:
-                # `batches` is a list of per-dataloader lists when predicting on several loaders.
-                for part in batch if isinstance(batch, list) else [batch]:
-                    rows = zip(part["user"].tolist(), part["target_item"].tolist(), part["prob"].tolist())
-                    writer.writerows(rows)
-        print(f"predictions written to {path}", flush=True)
+        # `batches` is a list of per-dataloader lists when predicting on several loaders.
+        parts = [part for batch in batches for part in (batch if isinstance(batch, list) else [batch])]
+        columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS}
+        write_predictions(columns, path)
+        print(f"predictions for the {split} split written to {path}", flush=True)
 
     def after_fit(self) -> None:
         self._print_summary("fit (last validation)", prefixes=("val_", "train_"))
@@ -145,5 +197,15 @@ def main(
     )
 
 
+def run(argv: list[str]) -> int:
+    """Entry point of ``python -m ifusion_plugin.cli``: ``export`` or a LightningCLI subcommand."""
+    if argv and argv[0] == "export":
+        from .export_command import main as export_main
+
+        return export_main(argv[1:])
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(sys.argv[1:]))

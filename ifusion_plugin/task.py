@@ -158,11 +158,11 @@ class CTRTask(pl.LightningModule):
         """Click probabilities with the ids they belong to.
 
         Returns:
-            dict with ``user``, ``target_item`` (long tensors of shape ``(B,)``) and ``prob``
-            (float tensor of shape ``(B,)``, the sigmoid of the logit).
+            dict with ``user``, ``target_item`` (long tensors of shape ``(B,)``), ``label`` and
+            ``prob`` (float tensors of shape ``(B,)``, ``prob`` the sigmoid of the logit).
         """
         probs = torch.sigmoid(self.host(batch).logits.float())
-        return {"user": batch.user, "target_item": batch.target_item, "prob": probs}
+        return {"user": batch.user, "target_item": batch.target_item, "label": batch.label, "prob": probs}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)

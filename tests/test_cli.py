@@ -11,6 +11,7 @@ import glob
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -110,10 +111,32 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
     run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/preds.csv")
     with open("out/preds.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * 32  # limit_predict_batches=2 batches of 32
+    # limit_predict_batches=2 batches of eval_batch_size rows of the test split.
+    assert len(rows) == min(2 * cli.datamodule.eval_batch_size, len(cli.datamodule.split("test")))
+    assert list(rows[0]) == ["user", "target_item", "label", "prob"]
     probs = torch.tensor([float(r["prob"]) for r in rows])
     assert bool(((probs > 0) & (probs < 1)).all())
     assert all(int(r["user"]) >= 2 and int(r["target_item"]) >= 2 for r in rows)
+
+    # Parquet, another split; the rows are the split's own, in order, with their labels.
+    run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/valid.parquet",
+        "--predict_split=valid", "--trainer.limit_predict_batches=1.0")
+    table = pq.read_table("out/valid.parquet").to_pydict()
+    valid = cli.datamodule.split("valid")
+    assert table["user"] == list(valid["user"]) and table["target_item"] == list(valid["target_item"])
+    assert table["label"] == [float(v) for v in valid["label"]]
+    assert all(0 < p < 1 for p in table["prob"])
+
+    # An existing predictions file is kept unless --overwrite_predictions true.
+    before = Path("out/preds.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="out/preds.csv exists"):
+        run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/preds.csv")
+    assert Path("out/preds.csv").read_bytes() == before
+    run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/preds.csv",
+        "--overwrite_predictions=true", "--predict_split=train")
+    assert Path("out/preds.csv").read_bytes() != before
+    with pytest.raises(ValueError, match="--predict_split must be one of"):
+        run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/x.csv", "--predict_split=dev")
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ from typing import Iterator, Literal, Optional, Sequence
 import lightning as L
 import numpy as np
 import pyarrow as pa
-from torch.utils.data import DataLoader, Sampler
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, CTRBatch, FeatureSpec
 from .cache import load_or_build, cache_key
@@ -44,15 +45,41 @@ def default_cache_dir() -> str:
     return os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "ifusion-plugin"))
 
 
-class _RangeBatchSampler(Sampler[list[int]]):
+class _RangeBatchSampler(DistributedSampler):
     """Yields whole batches as index lists: contiguous ranges, or shuffled ranges of a
-    per-epoch permutation (seeded by ``seed + epoch`` so runs repeat)."""
+    per-epoch permutation (seeded by ``seed + epoch`` so runs repeat).
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:
+    Under ``torch.distributed`` each of the ``W`` processes takes every ``W``-th batch: a split
+    is partitioned, never padded with repeats, so synced metrics count every sample once. For
+    training (``shuffle``) every process gets the same number of batches (the last
+    ``num_batches % W`` are dropped) so that gradient all-reduces stay in step. It subclasses
+    ``DistributedSampler`` only so that Lightning keeps it instead of injecting its own, which
+    would hand single indices to a dataset that reads whole batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:  # noqa: D107
+        # DistributedSampler.__init__ is not called: it needs a dataset and a process group.
         self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
 
-    def __len__(self) -> int:
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _num_batches(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __len__(self) -> int:
+        world, rank = self._world()
+        total = self._num_batches()
+        if self.shuffle:
+            return total // world if world > 1 else total
+        return len(range(rank, total, world))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch; the next shuffle uses ``seed + epoch``."""
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
@@ -60,7 +87,11 @@ class _RangeBatchSampler(Sampler[list[int]]):
             self.epoch += 1
         else:
             order = np.arange(self.n)
-        for start in range(0, self.n, self.batch_size):
+        world, rank = self._world()
+        starts = list(range(0, self.n, self.batch_size))
+        if self.shuffle and world > 1:
+            starts = starts[: len(starts) // world * world]
+        for start in starts[rank::world]:
             yield order[start:start + self.batch_size]
 
 
@@ -219,7 +250,12 @@ class CTRDataModule(L.LightningDataModule):
     ``$IFUSION_CACHE_DIR`` if set, else ``~/.cache/ifusion-plugin`` (see :func:`default_cache_dir`);
     ``~`` is expanded. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
     :meth:`_content_options` and :meth:`_build`.
+
+    ``predict_split`` (attribute, ``"test"`` by default): the split ``predict_dataloader`` serves.
     """
+
+    #: The split served by ``predict_dataloader``: ``"train"``, ``"valid"`` or ``"test"``.
+    predict_split: str = "test"
 
     def __init__(
         self,
@@ -333,7 +369,8 @@ class CTRDataModule(L.LightningDataModule):
         return self._loader("test", False, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        """The ``predict_split`` split (``"test"`` unless set; the CLI's ``--predict_split``), in order."""
+        return self._loader(self.predict_split, False, self.eval_batch_size)
 
 
 class SyntheticDataModule(CTRDataModule):

@@ -20,6 +20,9 @@ from .schedule import NoiseSchedule
 
 __all__ = ["InterestFusion"]
 
+# |1 - gamma_cp - gamma_tf| below this counts as zero: YAML users write 0.6666667 and 0.3333333.
+_UNCOND_WEIGHT_TOLERANCE = 1e-6
+
 # torch.export needs FusionOutput as a pytree to return it; registered once, here, so the
 # contract module stays unchanged.
 try:
@@ -81,7 +84,11 @@ class InterestFusion(FusionLayer):
             guidance dropout, one pass).
         p_drop_cp, p_drop_tf: per-example probability of replacing the core / transient
             guidance by its null vector in training (``cfg`` uses ``p_drop_cp``).
-        gamma_cp, gamma_tf: guidance scales.
+        gamma_cp, gamma_tf: guidance scales. The default keeps the paper's 2 : 1 ratio with
+            ``gamma_cp + gamma_tf = 1``: eq. 14 then equals the Algorithm 1 combination, so the
+            model is served the combination it was trained with, and the unconditional pass
+            (weight ``1 - gamma_cp - gamma_tf``) is skipped. The paper's 2.0 / 1.0 extrapolate
+            at serving (measured in BENCHMARKS.md: lower validation AUC on MovieLens-1M).
         train_combination: ``"algorithm1"`` (weights ``gamma_j / (gamma_cp + gamma_tf)``) or
             ``"inference"`` (eq. 14 in training as well).
         denoiser: ``"marn"``, ``"marn_attention"``, ``"nar_mlp"`` or ``"nar_attention"``.
@@ -126,8 +133,8 @@ class InterestFusion(FusionLayer):
         guidance: Literal["none", "cfg", "dcfg"] = "dcfg",
         p_drop_cp: float = 0.1,
         p_drop_tf: float = 0.1,
-        gamma_cp: float = 2.0,
-        gamma_tf: float = 1.0,
+        gamma_cp: float = 2.0 / 3.0,
+        gamma_tf: float = 1.0 / 3.0,
         train_combination: Literal["algorithm1", "inference"] = "algorithm1",
         denoiser: Literal["marn", "marn_attention", "nar_mlp", "nar_attention"] = "marn",
         denoiser_hidden_dim: int = 128,
@@ -243,7 +250,8 @@ class InterestFusion(FusionLayer):
             conditional = has_any if keep is None else has_any & keep[j]
             null_g, null_m = self._null_inputs(j, g, mask)
             c = conditional.view(-1, 1)
-            out.append((torch.where(c.unsqueeze(-1), g, null_g), torch.where(c, mask, null_m)))
+            # Logical ops, not torch.where, for the bool mask: ONNX Runtime has no bool Where.
+            out.append((torch.where(c.unsqueeze(-1), g, null_g), (mask & c) | (null_m & ~c)))
         return out
 
     def _guided(self, x_t: Tensor, t: Tensor, branches: list[tuple[Tensor, Tensor]], cond: Optional[Tensor], combination: str) -> Tensor:
@@ -252,7 +260,11 @@ class InterestFusion(FusionLayer):
             g, m = branches[0]
             return self.denoiser(x_t, t, g, m, cond)
         passes = list(branches)
-        use_uncond = combination == "inference"
+        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
+        # eq. 14 rewritten as (1 - sum gamma) f_uncond + sum_j gamma_j f_j: the unconditional
+        # pass is needed only when its weight is not zero.
+        uncond_weight = 1.0 - sum(gammas)
+        use_uncond = combination == "inference" and abs(uncond_weight) > _UNCOND_WEIGHT_TOLERANCE
         if use_uncond:
             passes.append(self._null_inputs(0, branches[0][0], branches[0][1]))
         n, batch = len(passes), x_t.shape[0]
@@ -265,13 +277,9 @@ class InterestFusion(FusionLayer):
         )
         # reshape, not chunk: chunk of a symbolic batch specialises it under torch.export.
         out = stacked.reshape(n, batch, stacked.shape[-1]).unbind(0)
-        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
-        if use_uncond:
-            uncond = out[-1]
-            guided = uncond
-            for gamma, f in zip(gammas, out[:-1]):
-                guided = guided + gamma * (f - uncond)
-            return guided
+        if combination == "inference":
+            guided = sum(gamma * f for gamma, f in zip(gammas, out))
+            return guided + uncond_weight * out[-1] if use_uncond else guided
         if len(branches) == 1:
             return out[0]
         total = sum(gammas)

@@ -19,11 +19,18 @@ GUIDANCE = ["none", "cfg", "dcfg"]
 DENOISERS = ["marn", "marn_attention", "nar_mlp", "nar_attention"]
 
 
-def make(**kwargs) -> InterestFusion:
+def make(fresh: bool = False, **kwargs) -> InterestFusion:
+    """A small InterestFusion. Unless ``fresh``, its denoiser's zero-initialised output layer is
+    randomised: a fresh denoiser is the identity on ``x_t``, which would make the guidance
+    (and every test about it) invisible in the output."""
     torch.manual_seed(0)
     base = dict(num_heads=2, num_train_steps=20, denoiser_hidden_dim=16, guidance_hidden_dim=16)
     base.update(kwargs)
-    return InterestFusion(LONG, SESS, FUSE, **base)
+    m = InterestFusion(LONG, SESS, FUSE, **base)
+    if not fresh:
+        torch.nn.init.normal_(m.denoiser.out[1].weight, std=0.3)
+        torch.nn.init.normal_(m.denoiser.out[1].bias, std=0.3)
+    return m
 
 
 def inputs(b=4, k=3, seed=1):
@@ -96,8 +103,9 @@ def test_null_vectors_get_no_grad_without_dropout_or_empty_rows():
     (out.fused.sum() + out.total_loss()).backward()
     # (torch.where routes an all-zero gradient to them.)
     assert m.encoder.null.grad is None or not m.encoder.null.grad.any()
-    # The inference combination (eq. 14 in training) uses them in every step.
-    m2 = make(p_drop_cp=0.0, p_drop_tf=0.0, train_combination="inference").train()
+    # The inference combination (eq. 14 in training) uses them in every step when the
+    # unconditional weight 1 - gamma_cp - gamma_tf is not zero.
+    m2 = make(p_drop_cp=0.0, p_drop_tf=0.0, train_combination="inference", gamma_cp=2.0, gamma_tf=1.0).train()
     out = m2(h_long, h_sessions)
     out.fused.sum().backward()
     assert m2.encoder.null.grad is not None and m2.encoder.null.grad.abs().sum() > 0
@@ -124,7 +132,7 @@ def test_guidance_dropout_one_uses_null_vectors(guidance):
 
 @pytest.mark.parametrize("denoiser", DENOISERS)
 def test_s1_output_is_guided_x0_prediction(denoiser):
-    m = make(denoiser=denoiser).eval()
+    m = make(denoiser=denoiser, gamma_cp=2.0, gamma_tf=1.0).eval()
     h_long, h_sessions, _ = inputs()
     with torch.no_grad():
         fused = m(h_long, h_sessions).fused
@@ -279,15 +287,38 @@ def test_no_sessions_at_all_and_empty_k():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("denoiser", DENOISERS)
+def test_fresh_denoiser_is_the_identity_on_x_t(denoiser):
+    m = make(fresh=True, denoiser=denoiser)
+    x_t, g = torch.randn(5, FUSE), torch.randn(5, 3, FUSE)
+    out = m.denoiser(x_t, torch.randint(0, 20, (5,)), g, torch.ones(5, 3, dtype=torch.bool))
+    torch.testing.assert_close(out, x_t)
+
+
 @pytest.mark.parametrize("S", [1, 3])
 def test_denoiser_called_once_per_step(S):
-    m = make(sampling_steps=S).eval()
+    m = make(sampling_steps=S, gamma_cp=2.0, gamma_tf=1.0).eval()
     calls = []
     handle = m.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     m(*inputs(b=4))
     handle.remove()
     # Three passes (uncond, cp, tf) batched into one call of 3 * B rows per step.
     assert calls == [12] * S
+
+
+def test_unconditional_pass_skipped_when_its_weight_is_zero(monkeypatch):
+    h = inputs(b=4)
+    m = make(gamma_cp=0.6666667, gamma_tf=0.3333333).eval()
+    calls = []
+    handle = m.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    skipped = m(*h).fused
+    assert calls == [8]  # cp and tf only
+    # Same value as eq. 14 with the unconditional pass (weight 1 - 2/3 - 1/3 = 0).
+    monkeypatch.setattr(interest_module, "_UNCOND_WEIGHT_TOLERANCE", -1.0)
+    full = m(*h).fused
+    handle.remove()
+    assert calls == [8, 12]
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-5)
 
 
 def test_guidance_vectors():
