@@ -4,4 +4,4 @@ import sys
 
 from .cli import run
 
-sys.exit(run(sys.argv[1:]))
+sys.exit(run())

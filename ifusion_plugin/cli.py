@@ -197,15 +197,21 @@ def main(
     )
 
 
-def run(argv: list[str]) -> int:
-    """Entry point of ``python -m ifusion_plugin.cli``: ``export`` or a LightningCLI subcommand."""
-    if argv and argv[0] == "export":
+def run(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``python -m ifusion_plugin.cli``: ``export`` or a LightningCLI subcommand.
+
+    Args:
+        argv: the arguments; ``None`` reads ``sys.argv[1:]`` (LightningCLI then reads them
+            itself, as it expects when run from the command line).
+    """
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] == "export":
         from .export_command import main as export_main
 
-        return export_main(argv[1:])
+        return export_main(words[1:])
     main(argv)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 import torch
 
 from ifusion_plugin.cli import CTRLightningCLI, main
@@ -174,3 +175,16 @@ def test_fusion_variants_differ_only_in_fusion() -> None:
             # Comment lines name the variant; the only setting that differs is the fusion file.
             settings = [(a, b) for a, b in diff if not a.lstrip().startswith("#")]
             assert settings == [("        fusion: fusion/ifusion.yaml", f"        fusion: fusion/{fusion[1:]}.yaml")]
+
+
+@pytest.mark.parametrize("data_recipe", sorted(p.name for p in (RECIPES / "data").glob("*.yaml")))
+def test_data_recipe_sets_its_own_batch(data_recipe: str, capsys) -> None:
+    # jsonargparse keeps the synthetic default's init_args that the new data class also accepts:
+    # each data recipe must set the batch itself, not inherit the quick start's batch of 32.
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={RECIPES / 'twin.yaml'}", f"--config={RECIPES / 'data' / data_recipe}", "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    written = yaml.safe_load((RECIPES / "data" / data_recipe).read_text())["data"]["init_args"]
+    assert data["init_args"]["batch_size"] == written["batch_size"] >= 256
+    assert data["init_args"]["eval_batch_size"] == written["eval_batch_size"]
+    assert "num_users" not in data["init_args"]

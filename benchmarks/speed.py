@@ -1,0 +1,200 @@
+"""The cost of fusion: inference latency and training throughput, host + concat vs host + iFusion.
+
+Inference: the full CTR model (embeddings, long-term encoder, session encoder, fusion, head) in
+eval mode on one batch, for each batch size, eager and (``--compile``) ``torch.compile``d. The
+models are timed interleaved in one process (each repeat runs every model once, in turn), and
+the median over repeats after warm-up is reported with its ratio to concat's median: the
+overhead iFusion adds, measured under the same machine state.
+
+Training: samples/s of forward + backward + Adam steps (median step time after warm-up) and
+the peak resident memory, each model in a fresh subprocess so that peaks do not mix.
+
+Shapes are those of our MovieLens-1M data (long-term sequence 100, K = 4 sessions of 5,
+embedding 32, head [256, 128, 64]); batches are random in-vocabulary ids with padded histories.
+
+    python -m benchmarks.speed --host TWIN                       # the issue's table (minutes)
+    python -m benchmarks.speed --host TWIN --compile             # + torch.compile rows
+    python -m benchmarks.speed --quick                           # seconds: CI checks the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ifusion_plugin.batch import CTRBatch, FeatureSpec
+from ifusion_plugin.fusion import ConcatFusion, GateFusion, InterestFusion
+from ifusion_plugin.hosts import DIN, SIM, TWIN, AvgPoolDNN
+from ifusion_plugin.serving import ServingModel
+
+HOSTS: dict[str, type] = {"AvgPoolDNN": AvgPoolDNN, "DIN": DIN, "SIM": SIM, "TWIN": TWIN}
+ML1M_SPEC = FeatureSpec(num_users=6042, num_items=3708, num_cates=20, long_len=100, num_sessions=4, session_len=5)
+QUICK_SPEC = FeatureSpec(num_users=50, num_items=80, num_cates=8, long_len=12, num_sessions=2, session_len=3)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One fusion setting: ``name`` in the tables, ``fusion`` the factory given to the host."""
+
+    name: str
+    fusion: Callable[..., nn.Module]
+
+
+def variants(sampling_steps: list[int]) -> list[Variant]:
+    out = [Variant("concat", ConcatFusion), Variant("gate", GateFusion)]
+    out += [Variant(f"iFusion S={s}", functools.partial(InterestFusion, sampling_steps=s)) for s in sampling_steps]
+    return out
+
+
+def build_host(host: str, variant: Variant, spec: FeatureSpec, quick: bool) -> nn.Module:
+    torch.manual_seed(0)
+    sizes = dict(embed_dim=8, head_dims=(16,)) if quick else {}
+    return HOSTS[host](spec, fusion=variant.fusion, **sizes)
+
+
+def random_batch(spec: FeatureSpec, batch_size: int, seed: int = 0) -> CTRBatch:
+    """A batch of random in-vocabulary ids (histories front-padded to random lengths)."""
+    model = ServingModel(nn.Identity(), spec)
+    inputs = dict(zip(model.input_names, model.example_inputs(batch_size, seed=seed)))
+    label = torch.randint(0, 2, (batch_size,), generator=torch.Generator().manual_seed(seed)).float()
+    return CTRBatch(label=label, **inputs)
+
+
+def interleaved_latency(models: dict[str, Callable[[CTRBatch], object]], batch: CTRBatch, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each model, the models timed in turn within every repeat."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(batch)
+                elapsed = time.perf_counter() - start
+                if r >= warmup:
+                    times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def inference_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    hosts = {v.name: build_host(args.host, v, spec, args.quick).eval() for v in variants(args.sampling_steps)}
+    modes = ["eager"] + (["compile"] if args.compile else [])
+    for mode in modes:
+        runners: dict[str, Callable[[CTRBatch], object]] = dict(hosts)
+        if mode == "compile":
+            runners = {name: torch.compile(host) for name, host in hosts.items()}
+        for batch_size in args.batch_sizes:
+            batch = random_batch(spec, batch_size)
+            medians = interleaved_latency(runners, batch, args.repeats, args.warmup)
+            base = medians["concat"]
+            for name, seconds in medians.items():
+                rows.append({"mode": mode, "batch": batch_size, "fusion": name, "ms": seconds * 1e3,
+                             "vs_concat": seconds / base})
+    return rows
+
+
+def train_one(args: argparse.Namespace, spec: FeatureSpec, variant_name: str) -> dict[str, float]:
+    """Training samples/s and peak RSS of one variant (run in its own process)."""
+    variant = {v.name: v for v in variants(args.sampling_steps)}[variant_name]
+    host = build_host(args.host, variant, spec, args.quick).train()
+    optimizer = torch.optim.Adam(host.parameters(), lr=1e-3, eps=1e-7)
+    batch = random_batch(spec, args.train_batch)
+    times = []
+    for step in range(args.warmup + args.train_steps):
+        start = time.perf_counter()
+        output = host(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(output.logits, batch.label)
+        loss = loss + sum(output.losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"samples_per_s": args.train_batch / statistics.median(times), "peak_rss_gib": peak_kib / 2**20}
+
+
+def training_table(args: argparse.Namespace) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    settings = ["--host", args.host, "--threads", str(args.threads), "--warmup", str(args.warmup),
+                "--train-batch", str(args.train_batch), "--train-steps", str(args.train_steps),
+                "--sampling-steps", *map(str, args.sampling_steps)]
+    if args.quick:
+        settings = ["--quick", "--host", args.host, "--threads", str(args.threads)]
+    for name in ["concat", "gate", "iFusion S=1"]:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.speed", *settings, "--train-one", name],
+            capture_output=True, text=True, check=True,
+        )
+        rows.append({"fusion": name, **json.loads(result.stdout.strip().splitlines()[-1])})
+    base = rows[0]["samples_per_s"]
+    for row in rows:
+        # Time per sample relative to concat: 1.05 means 5 % more training time per sample.
+        row["time_vs_concat"] = base / row["samples_per_s"]
+    return rows
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", choices=sorted(HOSTS), default="TWIN")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256, 2048])
+    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[1, 2, 4], help="iFusion S values")
+    parser.add_argument("--repeats", type=int, default=50, help="timed repeats per model and batch size")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--train-batch", type=int, default=256)
+    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model and data, few repeats: checks that the harness runs (CI)")
+    parser.add_argument("--train-one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.sampling_steps = [1, 8], [1, 2]
+        args.repeats, args.warmup, args.train_batch, args.train_steps = 3, 1, 8, 3
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = QUICK_SPEC if args.quick else ML1M_SPEC
+    if args.train_one:
+        print(json.dumps(train_one(args, spec, args.train_one)))
+        return
+
+    print(f"# {args.host}: threads={args.threads}, torch {torch.__version__}, "
+          f"L={spec.long_len} K={spec.num_sessions} N={spec.session_len}, {time.strftime('%Y-%m-%d')}\n")
+    inference = inference_table(args, spec)
+    print(f"Inference, median of {args.repeats} interleaved repeats after {args.warmup} warm-up:\n")
+    print("| mode | batch | fusion | ms / batch | vs concat |")
+    print("|---|---|---|---|---|")
+    for row in inference:
+        print(f"| {row['mode']} | {row['batch']} | {row['fusion']} | {row['ms']:.3f} | {row['vs_concat']:.3f} |")
+    training: list[dict[str, object]] = []
+    if not args.skip_training:
+        training = training_table(args)
+        print(f"\nTraining, batch {args.train_batch}, median of {args.train_steps} steps, each model in its own process:\n")
+        print("| fusion | train samples/s | time per sample vs concat | peak RSS GiB |")
+        print("|---|---|---|---|")
+        for row in training:
+            print(f"| {row['fusion']} | {row['samples_per_s']:,.0f} | {row['time_vs_concat']:.3f} | {row['peak_rss_gib']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"host": args.host, "inference": inference, "training": training}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""`python -m benchmarks.speed --quick` runs end to end and reports every row it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_speed_quick(tmp_path) -> None:
+    out = tmp_path / "speed.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.speed", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    inference = rows["inference"]
+    fusions = {"concat", "gate", "iFusion S=1", "iFusion S=2"}
+    assert {(r["batch"], r["fusion"]) for r in inference} == {(b, f) for b in (1, 8) for f in fusions}
+    assert all(r["ms"] > 0 for r in inference)
+    assert all(r["vs_concat"] == 1.0 for r in inference if r["fusion"] == "concat")
+    training = rows["training"]
+    assert [r["fusion"] for r in training] == ["concat", "gate", "iFusion S=1"]
+    assert all(r["samples_per_s"] > 0 and r["peak_rss_gib"] > 0.05 for r in training)
+    assert "| eager | 8 | iFusion S=2 |" in result.stdout and "time per sample vs concat" in result.stdout
