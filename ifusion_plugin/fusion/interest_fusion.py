@@ -100,6 +100,9 @@ class InterestFusion(FusionLayer):
             losses; 0 skips a loss entirely. The disentanglement loss needs ``dcfg``.
         disentangle_mode: ``"cosine"`` (squared cosine) or ``"inner_product"`` (paper's raw form).
         task_step: ``"t1"`` or ``"mean"``, which training output is ``fused``.
+        task_noise: ``"full"`` draws ``t1`` from all ``T`` steps (Algorithm 1); ``"serving"``
+            from ``[0, t_start)``, the noise levels evaluation starts from, so the CTR loss
+            trains the head on outputs like the served ones (``t2`` keeps the full range).
         long_condition: also feed the projected ``h_long`` to the denoiser as a condition.
         p_drop_long: training fraction of rows whose ``h_long`` is replaced by the prior.
 
@@ -147,6 +150,7 @@ class InterestFusion(FusionLayer):
         disentangle_mode: Literal["cosine", "inner_product"] = "cosine",
         consistency_weight: float = 0.1,
         task_step: Literal["t1", "mean"] = "t1",
+        task_noise: Literal["full", "serving"] = "full",
         long_condition: bool = False,
         p_drop_long: float = 0.05,
         validate_inputs: bool = True,
@@ -158,6 +162,9 @@ class InterestFusion(FusionLayer):
         _choice("denoiser", denoiser, ("marn", "marn_attention", "nar_mlp", "nar_attention"))
         _choice("disentangle_mode", disentangle_mode, ("cosine", "inner_product"))
         _choice("task_step", task_step, ("t1", "mean"))
+        _choice("task_noise", task_noise, ("full", "serving"))
+        if task_noise == "serving" and t_start is None:
+            raise ValueError("task_noise='serving' needs t_start (the served noise level), got t_start=None")
         _positive_int("num_train_steps", num_train_steps)
         _positive_int("sampling_steps", sampling_steps)
         _positive_int("denoiser_hidden_dim", denoiser_hidden_dim)
@@ -198,6 +205,7 @@ class InterestFusion(FusionLayer):
         self.disentangle_mode = disentangle_mode
         self.consistency_weight = float(consistency_weight)
         self.task_step = task_step
+        self.task_noise = task_noise
         self.long_condition = long_condition
 
         self.long_projection = nn.Linear(long_dim, fusion_dim)
@@ -333,6 +341,9 @@ class InterestFusion(FusionLayer):
         branches = self._branches(guidance, mask, keep)
         num_steps = self.schedule.num_steps
         t = torch.randint(0, num_steps, (2 * batch,), device=device)
+        if self.task_noise == "serving":
+            # t1 (the CE output) at the noise levels evaluation starts from: [0, t_start).
+            t = torch.cat([torch.randint(0, self.t_start, (batch,), device=device), t[batch:]])
         noise = torch.randn(2 * batch, x0.shape[1], device=device, dtype=x0.dtype)
         x_t = self.schedule.q_sample(x0.repeat(2, 1), t, noise)
         # t1 and t2 in one batched pass.

@@ -237,6 +237,27 @@ def test_task_step_mean_differs_from_t1():
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("task_noise, top", [("full", 20), ("serving", 3)])
+def test_task_noise_draws_t1_from_the_served_levels(task_noise, top):
+    m = make(t_start=3, task_noise=task_noise, evolution_weight=0.0, num_train_steps=20).train()
+    seen = []
+    handle = m.denoiser.register_forward_hook(lambda mod, args, out: seen.append(args[1].clone()))
+    torch.manual_seed(0)
+    for _ in range(20):
+        m(*inputs(b=8))
+    handle.remove()
+    # One batched call per forward: (cp, tf) passes x (t1 rows, t2 rows).
+    t = torch.stack(seen).reshape(20, 2, 2, 8)
+    t1, t2 = t[:, :, 0], t[:, :, 1]
+    assert int(t1.max()) < top and int(t1.max()) >= top - 3  # the whole allowed range is used
+    assert int(t2.max()) >= 10  # t2 keeps the full range either way
+
+
+def test_task_noise_serving_needs_t_start():
+    with pytest.raises(ValueError, match="task_noise='serving' needs t_start"):
+        make(task_noise="serving")
+
+
 def test_evolution_skips_rows_with_fewer_than_two_sessions():
     pred, target = torch.randn(3, 4), torch.randn(3, 4)
     valid = torch.tensor([True, False, False])
@@ -366,6 +387,7 @@ def test_export_parity(kwargs):
         (dict(train_combination="sum"), "train_combination must be one of"),
         (dict(disentangle_mode="l1"), "disentangle_mode must be one of"),
         (dict(task_step="t2"), "task_step must be one of"),
+        (dict(task_noise="low"), "task_noise must be one of"),
         (dict(num_train_steps=0), "num_train_steps must be a positive int"),
         (dict(sampling_steps=0), "sampling_steps must be a positive int"),
         (dict(sampling_steps=21), "sampling_steps must be at most 20"),

@@ -1,0 +1,43 @@
+"""`python -m benchmarks.quality --quick` runs the CLI recipes, keeps every finished run, and
+resumes without repeating one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def quality(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.quality", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_quality_quick_and_resume(tmp_path) -> None:
+    out = tmp_path / "quality"
+    result = quality(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["host"], r["fusion"], r["seed"]) for r in rows) == sorted(
+        (h, f, s) for h in ("avgpool", "twin") for f in ("concat", "ifusion") for s in (0, 1)
+    )
+    assert all(0 <= r["test_auc"] <= 1 and r["train_samples_per_s"] > 0 for r in rows)
+    # Seeds change the model: the two seeds of a cell do not give identical metrics.
+    by_cell = {}
+    for r in rows:
+        by_cell.setdefault((r["host"], r["fusion"]), []).append(r["test_logloss"])
+    assert all(a != b for a, b in by_cell.values())
+    table = (out / "table.md").read_text()
+    assert "| TWIN | ifusion | 2 |" in table and "+-" in table
+
+    # A second call finds every run done: nothing is run again, nothing is lost.
+    before = (out / "runs.jsonl").read_text()
+    again = quality(out)
+    assert again.returncode == 0 and "test AUC" not in again.stdout.split("Data:")[0]
+    assert (out / "runs.jsonl").read_text() == before
