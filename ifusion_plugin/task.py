@@ -164,6 +164,27 @@ class CTRTask(pl.LightningModule):
         probs = torch.sigmoid(self.host(batch).logits.float())
         return {"user": batch.user, "target_item": batch.target_item, "label": batch.label, "prob": probs}
 
+    # ------------------------------------------------------------------ exact resumption
+    # iFusion draws diffusion steps, noises and guidance dropout from torch's global generator.
+    # Its state goes into every checkpoint and is put back just before the first batch a
+    # resumed run trains, so a run restarted mid-epoch repeats the uninterrupted run exactly
+    # (the loaders' positions are restored by Lightning, see CTRDataModule).
+    _RNG_KEY = "ifusion_torch_rng_state"
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self._RNG_KEY] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng_state = checkpoint.get(self._RNG_KEY)
+
+    def on_train_batch_start(self, batch: CTRBatch, batch_idx: int) -> None:
+        # Here, not in on_load_checkpoint: between the two, Lightning creates data loader
+        # iterators (each draws a seed from the global generator) and may run validation.
+        state = getattr(self, "_pending_rng_state", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            self._pending_rng_state = None
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
 

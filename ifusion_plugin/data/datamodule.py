@@ -81,6 +81,9 @@ class _RangeBatchSampler(DistributedSampler):
         """Called by Lightning before each epoch; the next shuffle uses ``seed + epoch``."""
         self.epoch = epoch
 
+    #: Batches to leave out at the start of the next pass (a resumed epoch); reset after use.
+    skip: int = 0
+
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
@@ -91,8 +94,43 @@ class _RangeBatchSampler(DistributedSampler):
         starts = list(range(0, self.n, self.batch_size))
         if self.shuffle and world > 1:
             starts = starts[: len(starts) // world * world]
-        for start in starts[rank::world]:
+        skip, self.skip = self.skip, 0
+        for start in starts[rank::world][skip:]:
             yield order[start:start + self.batch_size]
+
+
+class _ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in Lightning checkpoints.
+
+    Lightning saves ``state_dict()`` of such loaders with a checkpoint and calls
+    ``load_state_dict()`` before a resumed run iterates, so a run restarted from a mid-epoch
+    checkpoint continues with the batch after the last one trained, in the same shuffled order,
+    instead of starting the epoch over. The position counts batches handed to the consumer (the
+    training loop), not the ones workers prefetched; a test kills a run and checks that the
+    resumed one ends with the uninterrupted run's weights.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+        self._served = 0
+        self._resume_at = 0
+
+    def __iter__(self):  # type: ignore[override]
+        sampler: _RangeBatchSampler = self.sampler  # type: ignore[assignment]
+        self._epoch = sampler.epoch
+        self._served, self._resume_at = self._resume_at, 0
+        sampler.skip = self._served
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch = int(state["epoch"])  # type: ignore[attr-defined]
+        self._resume_at = int(state["served"])
 
 
 class _BatchDataset:
@@ -349,7 +387,9 @@ class CTRDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = self.split(name)
-        return DataLoader(
+        # Training loaders remember their position for mid-epoch resumption; evaluation restarts.
+        loader_class = _ResumableDataLoader if shuffle else DataLoader
+        return loader_class(
             _BatchDataset(ds),
             sampler=_RangeBatchSampler(len(ds), batch_size, shuffle, self.seed),
             batch_size=None,  # the sampler yields whole batches; __getitem__ builds CTRBatch
