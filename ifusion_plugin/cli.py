@@ -25,16 +25,20 @@ Differences from a plain ``LightningCLI``:
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+from jsonargparse import Namespace
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from .batch import FIRST_ID, FeatureSpec
 from .task import CTRTask
 
 if TYPE_CHECKING:
@@ -83,6 +87,41 @@ def write_predictions(columns: dict[str, "np.ndarray"], path: str) -> None:
             writer.writerow(list(columns))
             writer.writerows(zip(*(values.tolist() for values in columns.values())))
     os.replace(partial, path)
+
+
+def _factory(node: Any) -> Any:
+    """A config node as Python: a ``class_path`` block becomes ``partial(cls, **init_args)``."""
+    if isinstance(node, Namespace) and "class_path" in node:
+        module, _, name = node.class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        init_args = node.get("init_args") or Namespace()
+        kwargs = {k: _factory(v) for k, v in vars(init_args).items() if not k.startswith("__")}
+        return functools.partial(cls, **kwargs)
+    if isinstance(node, Namespace):
+        return {k: _factory(v) for k, v in vars(node).items() if not k.startswith("__")}
+    if isinstance(node, list):
+        return [_factory(v) for v in node]
+    return node
+
+
+def check_model_config(model: Any, data: Any) -> None:
+    """Build the configured host on a placeholder :class:`FeatureSpec` shaped like the data
+    config (sequence lengths, context columns), so constructor errors of the host and its fusion
+    layer (dimensions, heads, options) surface before the datamodule reads any file.
+
+    Nothing is checked when the model config has no ``host`` block (a built module).
+    """
+    host = getattr(getattr(model, "init_args", None), "host", None)
+    if not (isinstance(host, Namespace) and "class_path" in host):
+        return
+    options = vars(getattr(data, "init_args", None) or Namespace())
+    context = options.get("context_columns") or []
+    spec = FeatureSpec(
+        num_users=FIRST_ID + 2, num_items=FIRST_ID + 2, num_cates=FIRST_ID + 2,
+        long_len=int(options.get("long_len") or 100), num_sessions=int(options.get("num_sessions") or 4),
+        session_len=int(options.get("session_len") or 5), context_cardinalities=tuple(FIRST_ID + 2 for _ in context),
+    )
+    _factory(host)(spec)
 
 
 class CTRLightningCLI(LightningCLI):
@@ -143,6 +182,12 @@ class CTRLightningCLI(LightningCLI):
         columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS}
         write_predictions(columns, path)
         print(f"predictions for the {split} split written to {path}", flush=True)
+
+    def instantiate_classes(self) -> None:
+        """Build the host (and its fusion layer) once on a placeholder spec before anything reads
+        data, so a bad model setting fails in seconds, not after a dataset build."""
+        check_model_config(self._get(self.config, "model"), self._get(self.config, "data"))
+        super().instantiate_classes()
 
     def after_fit(self) -> None:
         self._print_summary("fit (last validation)", prefixes=("val_", "train_"))

@@ -188,3 +188,46 @@ def test_data_recipe_sets_its_own_batch(data_recipe: str, capsys) -> None:
     assert data["init_args"]["batch_size"] == written["batch_size"] >= 256
     assert data["init_args"]["eval_batch_size"] == written["eval_batch_size"]
     assert "num_users" not in data["init_args"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--model.init_args.host.init_args.fusion.init_args.num_heads=5"], "num_heads must be a positive divisor of fusion_dim=64"),
+        (["--model.init_args.host.init_args.fusion.init_args.fusion_dim=-8"], "fusion_dim"),
+        (["--model.init_args.host.init_args.top_k=0"], "top_k must be a positive int, got 0"),
+        (["--data.init_args.num_sessions=0"], "num_sessions must be a positive int, got 0"),
+        (["--model.init_args.host.init_args.fusion.init_args.guidance=dcfgx"], "guidance"),
+    ],
+    ids=["heads", "fusion-dim", "top-k", "zero-sessions", "guidance-name"],
+)
+def test_bad_config_fails_before_any_data_is_read(in_tmp: Path, options: list[str], message: str, capsys) -> None:
+    # The data root does not exist: reaching the data would raise FileNotFoundError instead.
+    args = ["fit", f"--config={RECIPES / 'twin.yaml'}", f"--config={RECIPES / 'data' / 'movielens-1m.yaml'}",
+            "--data.init_args.root=does/not/exist", *options]
+    with pytest.raises((ValueError, SystemExit)) as error:
+        main(args)
+    text = str(error.value) + capsys.readouterr().err
+    assert message in text
+    assert not isinstance(error.value, FileNotFoundError) and "expected file" not in text
+
+
+def test_unknown_host_or_fusion_class_is_named(in_tmp: Path, capsys) -> None:
+    for key, value in (("model.init_args.host.class_path", "ifusion_plugin.hosts.NoSuchHost"),
+                       ("model.init_args.host.init_args.fusion.class_path", "ifusion_plugin.fusion.NoSuchFusion")):
+        with pytest.raises(SystemExit):
+            main(["fit", f"--config={RECIPES / 'twin.yaml'}", f"--{key}={value}"])
+        assert f"has no attribute '{value.rsplit('.', 1)[1]}'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_cpu_precisions_stay_finite(in_tmp: Path, precision: str) -> None:
+    # Over the run iFusion draws steps up to both ends of the cosine schedule (t = 0 and
+    # t = T - 1, where abar is about 1 and 0); no loss, metric or weight may turn NaN. A full
+    # MovieLens-1M epoch in bf16-mixed on CPU is in BENCHMARKS.md.
+    cli = run("fit", "twin.yaml", f"--trainer.precision={precision}", "--run_test=true",
+              "--trainer.limit_train_batches=20")
+    metrics = metrics_of(cli, "")
+    assert metrics and all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
