@@ -16,10 +16,12 @@ Differences from a plain ``LightningCLI``:
   into the working directory, where the config would overwrite a user's own file;
 - after ``fit``, ``validate`` and ``test`` a table of the final epoch metrics is printed;
 - ``predict`` scores the split ``--predict_split`` (default ``test``) and writes one
-  ``user, target_item, label, prob`` row per sample to ``--predictions_path``: Parquet when the
-  path ends in ``.parquet``, else CSV (default ``logs/predictions.csv``). Ids are the dataset's
-  encoded ids (the batch layout's: 0 padding, 1 out-of-vocabulary). An existing file is
-  replaced only with ``--overwrite_predictions true``.
+  ``row, user, target_item, label, prob`` row per sample to ``--predictions_path``: Parquet when
+  the path ends in ``.parquet``, else CSV (default ``logs/predictions.csv``). ``row`` is the
+  sample's index in the split (for a prepared-sample table, its row in that split's file: join on
+  it to get your raw ids back); ``user`` and ``target_item`` are the encoded ids of the batch
+  layout (0 padding, 1 out-of-vocabulary). An existing file is replaced only with
+  ``--overwrite_predictions true``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import functools
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from jsonargparse import Namespace
 
@@ -41,13 +44,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from .batch import FIRST_ID, FeatureSpec
 from .task import CTRTask
 
-if TYPE_CHECKING:
-    import numpy as np
 
 __all__ = ["CTRLightningCLI", "format_summary", "main", "write_predictions"]
 
 PREDICT_SPLITS = ("train", "valid", "test")
-PREDICTION_COLUMNS = ("user", "target_item", "label", "prob")
+PREDICTION_COLUMNS = ("row", "user", "target_item", "label", "prob")
 
 #: Defaults every run gets unless the YAML or the command line says otherwise.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -67,7 +68,7 @@ def format_summary(metrics: dict[str, float], title: str) -> str:
     return "\n".join([rule, title, rule, *rows, rule])
 
 
-def write_predictions(columns: dict[str, "np.ndarray"], path: str) -> None:
+def write_predictions(columns: dict[str, np.ndarray], path: str) -> None:
     """Write equal-length prediction columns to ``path``: Parquet for ``.parquet``, else CSV.
 
     The file is written under a temporary name and renamed, so an interrupted run never
@@ -146,7 +147,7 @@ class CTRLightningCLI(LightningCLI):
             "--predictions_path",
             type=str,
             default=os.path.join("logs", "predictions.csv"),
-            help="predict only: file receiving one 'user, target_item, label, prob' row per sample; "
+            help="predict only: file receiving one 'row, user, target_item, label, prob' row per sample; "
             "Parquet when it ends in .parquet, else CSV",
         )
         parser.add_argument(
@@ -179,7 +180,9 @@ class CTRLightningCLI(LightningCLI):
             return
         # `batches` is a list of per-dataloader lists when predicting on several loaders.
         parts = [part for batch in batches for part in (batch if isinstance(batch, list) else [batch])]
-        columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS}
+        columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS[1:]}
+        # The predict loader keeps the split's order, so a running index is the sample's row.
+        columns = {"row": np.arange(len(columns["prob"])), **columns}
         write_predictions(columns, path)
         print(f"predictions for the {split} split written to {path}", flush=True)
 

@@ -114,7 +114,8 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
         rows = list(csv.DictReader(handle))
     # limit_predict_batches=2 batches of eval_batch_size rows of the test split.
     assert len(rows) == min(2 * cli.datamodule.eval_batch_size, len(cli.datamodule.split("test")))
-    assert list(rows[0]) == ["user", "target_item", "label", "prob"]
+    assert list(rows[0]) == ["row", "user", "target_item", "label", "prob"]
+    assert [int(r["row"]) for r in rows] == list(range(len(rows)))
     probs = torch.tensor([float(r["prob"]) for r in rows])
     assert bool(((probs > 0) & (probs < 1)).all())
     assert all(int(r["user"]) >= 2 and int(r["target_item"]) >= 2 for r in rows)
@@ -124,6 +125,7 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
         "--predict_split=valid", "--trainer.limit_predict_batches=1.0")
     table = pq.read_table("out/valid.parquet").to_pydict()
     valid = cli.datamodule.split("valid")
+    assert table["row"] == list(range(len(valid)))
     assert table["user"] == list(valid["user"]) and table["target_item"] == list(valid["target_item"])
     assert table["label"] == [float(v) for v in valid["label"]]
     assert all(0 < p < 1 for p in table["prob"])
