@@ -45,7 +45,7 @@ from .batch import FIRST_ID, FeatureSpec
 from .task import CTRTask
 
 
-__all__ = ["CTRLightningCLI", "format_summary", "main", "write_predictions"]
+__all__ = ["CTRLightningCLI", "check_model_config", "format_summary", "main", "write_predictions"]
 
 PREDICT_SPLITS = ("train", "valid", "test")
 PREDICTION_COLUMNS = ("row", "user", "target_item", "label", "prob")
