@@ -36,7 +36,7 @@ from torch import nn
 from ifusion_plugin.batch import CTRBatch, FeatureSpec
 from ifusion_plugin.fusion import ConcatFusion, GateFusion, InterestFusion
 from ifusion_plugin.hosts import DIN, SIM, TWIN, AvgPoolDNN
-from ifusion_plugin.serving import ServingModel
+from ifusion_plugin.serving import example_inputs, input_names
 
 HOSTS: dict[str, type] = {"AvgPoolDNN": AvgPoolDNN, "DIN": DIN, "SIM": SIM, "TWIN": TWIN}
 ML1M_SPEC = FeatureSpec(num_users=6042, num_items=3708, num_cates=20, long_len=100, num_sessions=4, session_len=5)
@@ -65,8 +65,7 @@ def build_host(host: str, variant: Variant, spec: FeatureSpec, quick: bool) -> n
 
 def random_batch(spec: FeatureSpec, batch_size: int, seed: int = 0) -> CTRBatch:
     """A batch of random in-vocabulary ids (histories front-padded to random lengths)."""
-    model = ServingModel(nn.Identity(), spec)
-    inputs = dict(zip(model.input_names, model.example_inputs(batch_size, seed=seed)))
+    inputs = dict(zip(input_names(spec), example_inputs(spec, batch_size, seed=seed)))
     label = torch.randint(0, 2, (batch_size,), generator=torch.Generator().manual_seed(seed)).float()
     return CTRBatch(label=label, **inputs)
 

@@ -19,8 +19,8 @@ import dataclasses
 from typing import Optional
 
 import torch
-from torchmetrics.functional.classification import binary_auroc
 
+from benchmarks.fusion_eval_knobs import evaluate
 from ifusion_plugin.batch import CTRBatch
 from ifusion_plugin.data import MovieLens1MDataModule
 from ifusion_plugin.fusion import InterestFusion
@@ -37,15 +37,6 @@ def without_oldest_sessions(batch: CTRBatch, k: int) -> CTRBatch:
     items[:, :k] = 0
     cates[:, :k] = 0
     return dataclasses.replace(batch, session_items=items, session_cates=cates)
-
-
-def auc(task: CTRTask, batches: list[CTRBatch]) -> float:
-    probs, labels = [], []
-    with torch.no_grad():
-        for batch in batches:
-            probs.append(torch.sigmoid(task(batch).logits))
-            labels.append(batch.label)
-    return binary_auroc(torch.cat(probs), torch.cat(labels).long()).item()
 
 
 def guidance_cosine(task: CTRTask, batches: list[CTRBatch]) -> Optional[float]:
@@ -90,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print("|---|" + "---|" * len(names))
     for label, change in settings:
         changed = [change(b) for b in batches]
-        print(f"| {label} | " + " | ".join(f"{auc(t, changed):.4f}" for t in tasks) + " |", flush=True)
+        print(f"| {label} | " + " | ".join(f"{evaluate(t, changed)[0]:.4f}" for t in tasks) + " |", flush=True)
     cosines = [guidance_cosine(t, batches) for t in tasks]
     print("| mean abs cos(g_cp, g_tf), test | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cosines) + " |")
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .batch import FIRST_ID, CTRBatch, FeatureSpec
 
-__all__ = ["ServingModel", "export_program", "export_onnx", "load_program"]
+__all__ = ["ServingModel", "example_inputs", "export_program", "export_onnx", "input_names", "load_program"]
 
 #: Inputs of every serving model, in call order; ``context`` follows when the spec has context
 #: columns.
@@ -34,6 +34,41 @@ BASE_INPUT_NAMES: tuple[str, ...] = (
     "session_items",
     "session_cates",
 )
+
+
+def input_names(spec: FeatureSpec) -> tuple[str, ...]:
+    """The serving inputs of a model over ``spec``, in call order."""
+    return BASE_INPUT_NAMES + (("context",) if spec.context_cardinalities else ())
+
+
+def example_inputs(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> tuple[Tensor, ...]:
+    """Random in-vocabulary inputs for ``spec`` (in :func:`input_names` order), batch
+    ``batch_size``, histories front-padded to random lengths; deterministic by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(high: int, *shape: int) -> Tensor:
+        return torch.randint(FIRST_ID, max(high, FIRST_ID + 1), shape, generator=g)
+
+    def padded(values: Tensor) -> Tensor:
+        length = values.shape[-1]
+        keep = torch.randint(0, length + 1, values.shape[:-1] + (1,), generator=g)
+        return values * (torch.arange(length) >= length - keep)
+
+    long_items = padded(ids(spec.num_items, batch_size, spec.long_len))
+    session_items = padded(ids(spec.num_items, batch_size, spec.num_sessions, spec.session_len))
+    cate = lambda items: (items % max(spec.num_cates - FIRST_ID, 1) + FIRST_ID) * (items > 0)  # noqa: E731
+    values = {
+        "user": ids(spec.num_users, batch_size),
+        "target_item": ids(spec.num_items, batch_size),
+        "target_cate": ids(spec.num_cates, batch_size),
+        "long_items": long_items,
+        "long_cates": cate(long_items),
+        "session_items": session_items,
+        "session_cates": cate(session_items),
+    }
+    if spec.context_cardinalities:
+        values["context"] = torch.stack([ids(c, batch_size) for c in spec.context_cardinalities], dim=1)
+    return tuple(values[name] for name in input_names(spec))
 
 
 class ServingModel(nn.Module):
@@ -61,7 +96,7 @@ class ServingModel(nn.Module):
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return BASE_INPUT_NAMES + (("context",) if self.spec.context_cardinalities else ())
+        return input_names(self.spec)
 
     def forward(
         self,
@@ -98,35 +133,7 @@ class ServingModel(nn.Module):
 
     def example_inputs(self, batch_size: int = 8, seed: int = 0) -> tuple[Tensor, ...]:
         """Random in-vocabulary inputs of batch ``batch_size``, with padding in the sequences."""
-        spec = self.spec
-        g = torch.Generator().manual_seed(seed)
-
-        def ids(high: int, *shape: int) -> Tensor:
-            return torch.randint(FIRST_ID, max(high, FIRST_ID + 1), shape, generator=g)
-
-        def padded(values: Tensor) -> Tensor:
-            # Front padding of a random length per row, as real histories have.
-            length = values.shape[-1]
-            keep = torch.randint(0, length + 1, values.shape[:-1] + (1,), generator=g)
-            return values * (torch.arange(length) >= length - keep)
-
-        long_items = padded(ids(spec.num_items, batch_size, spec.long_len))
-        session_items = padded(ids(spec.num_items, batch_size, spec.num_sessions, spec.session_len))
-        cate = lambda items: (items % max(spec.num_cates - FIRST_ID, 1) + FIRST_ID) * (items > 0)  # noqa: E731
-        values = {
-            "user": ids(spec.num_users, batch_size),
-            "target_item": ids(spec.num_items, batch_size),
-            "target_cate": ids(spec.num_cates, batch_size),
-            "long_items": long_items,
-            "long_cates": cate(long_items),
-            "session_items": session_items,
-            "session_cates": cate(session_items),
-        }
-        if spec.context_cardinalities:
-            values["context"] = torch.stack(
-                [ids(c, batch_size) for c in spec.context_cardinalities], dim=1
-            )
-        return tuple(values[name] for name in self.input_names)
+        return example_inputs(self.spec, batch_size, seed)
 
 
 def _dynamic_batch(model: ServingModel) -> tuple[dict[int, object], ...]:
