@@ -77,13 +77,29 @@ class Denoiser(nn.Module):
 
 
 class _MLPBlock(nn.Module):
+    """``y + W_2 GELU(W_y LN(y) + W_g LN(g) + W_e LN(emb))``: a residual MLP over ``[y, g, emb]``.
+
+    Each input has its own norm so the guidance and time terms do not depend on ``y``: they
+    are computed once for all sessions (:meth:`context`) instead of once per chain step.
+    """
+
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(3 * dim)
-        self.net = mlp(3 * dim, hidden_dim, dim)
+        self.norm_y = nn.LayerNorm(dim)
+        self.norm_g = nn.LayerNorm(dim)
+        self.norm_emb = nn.LayerNorm(dim)
+        self.in_y = nn.Linear(dim, hidden_dim)
+        self.in_g = nn.Linear(dim, hidden_dim, bias=False)
+        self.in_emb = nn.Linear(dim, hidden_dim, bias=False)
+        self.out = nn.Linear(hidden_dim, dim)
 
-    def forward(self, y: Tensor, emb: Tensor, g: Tensor) -> Tensor:
-        return y + self.net(self.norm(torch.cat([y, g, emb], dim=-1)))
+    def context(self, emb: Tensor, guidance: Tensor) -> Tensor:
+        """``W_g LN(g_k) + W_e LN(emb)`` for every session: (N, d), (N, K, d) -> (N, K, hidden)."""
+        return self.in_g(self.norm_g(guidance)) + self.in_emb(self.norm_emb(emb)).unsqueeze(1)
+
+    def forward(self, y: Tensor, context: Tensor) -> Tensor:
+        """``y`` (N, d) and one session's context (N, hidden) -> (N, d)."""
+        return y + self.out(nn.functional.gelu(self.in_y(self.norm_y(y)) + context))
 
 
 class _AttentionBlock(nn.Module):
@@ -124,17 +140,45 @@ class MARN(Denoiser):
         self.block: nn.Module = _AttentionBlock(dim, hidden_dim, num_heads) if attention else _MLPBlock(dim, hidden_dim)
 
     def forward(self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        return self._chain(x_t, t, guidance, mask, cond, None)[0]
+
+    def forward_with_prefix(
+        self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor], stop: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The output and, from the same chain, the output conditioned on sessions before ``stop``.
+
+        The chain is autoregressive and the guidance causal, so the output conditioned on the
+        sessions before ``stop`` is the state the chain had just before session ``stop``: the
+        evolution loss reads it here instead of running the chain a second time.
+
+        Args:
+            x_t, t, guidance, mask, cond: as :meth:`forward`.
+            stop: long tensor of shape (N,), a session index per row.
+
+        Returns:
+            ``(x0_hat, x0_hat_prefix)``, tensors of shape (N, dim).
+        """
+        out, prefix = self._chain(x_t, t, guidance, mask, cond, stop)
+        assert prefix is not None
+        return out, prefix
+
+    def _chain(
+        self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor], stop: Optional[Tensor]
+    ) -> tuple[Tensor, Optional[Tensor]]:
         emb = self.embed(t, cond)
         y = x_t
+        prefix = x_t if stop is not None else None
         ones = mask.new_ones(mask.shape[0], 1)
+        context = None if self.attention else self.block.context(emb, guidance)
         for k in range(guidance.shape[1]):
-            g = guidance[:, k]
-            if self.attention:
-                stepped = self.block(y, emb, g.unsqueeze(1), ones)
+            if stop is not None:
+                prefix = torch.where((stop == k).unsqueeze(-1), y, prefix)
+            if context is None:
+                stepped = self.block(y, emb, guidance[:, k].unsqueeze(1), ones)
             else:
-                stepped = self.block(y, emb, g)
+                stepped = self.block(y, context[:, k])
             y = torch.where(mask[:, k : k + 1], stepped, y)
-        return self.finish(y, x_t)
+        return self.finish(y, x_t), (None if prefix is None else self.finish(prefix, x_t))
 
 
 class NARMLP(Denoiser):
@@ -146,7 +190,8 @@ class NARMLP(Denoiser):
 
     def forward(self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         emb = self.embed(t, cond)
-        return self.finish(self.block(x_t, emb, masked_mean(guidance, mask)), x_t)
+        pooled = masked_mean(guidance, mask).unsqueeze(1)
+        return self.finish(self.block(x_t, self.block.context(emb, pooled)[:, 0]), x_t)
 
 
 class NARAttention(Denoiser):

@@ -12,8 +12,9 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
+from .baselines import ConcatFusion
 from .contract import FusionLayer, FusionOutput
-from .denoisers import build_denoiser
+from .denoisers import MARN, build_denoiser
 from .guidance import GuidanceEncoder
 from .losses import consistency_loss, disentangle_loss, evolution_loss, last_present_index
 from .schedule import NoiseSchedule
@@ -105,6 +106,11 @@ class InterestFusion(FusionLayer):
             trains the head on outputs like the served ones (``t2`` keeps the full range).
         long_condition: also feed the projected ``h_long`` to the denoiser as a condition.
         p_drop_long: training fraction of rows whose ``h_long`` is replaced by the prior.
+        concat_skip: ``fused = ConcatFusion(h_long, h_sessions) + gate * x0_hat`` with a learned
+            per-dimension ``gate`` initialised to zero: the layer starts as the concat fusion it
+            replaces and learns how much of the generated interest to add (a skip connection
+            around the diffusion, as in ReZero / ControlNet). ``False``: ``fused = x0_hat``, the
+            paper's literal output. Measured in BENCHMARKS.md.
 
     Call arguments:
         h_long: tensor of shape (B, long_dim).
@@ -153,6 +159,7 @@ class InterestFusion(FusionLayer):
         task_noise: Literal["full", "serving"] = "full",
         long_condition: bool = False,
         p_drop_long: float = 0.05,
+        concat_skip: bool = True,
         validate_inputs: bool = True,
     ) -> None:
         super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
@@ -216,6 +223,10 @@ class InterestFusion(FusionLayer):
         self.sampler = self.schedule.respace(sampling_steps, start_step=top - 1)
         self.encoder = GuidanceEncoder(guidance, fusion_dim, guidance_hidden_dim, num_heads, core_dropout, transient_dropout)
         self.denoiser = build_denoiser(denoiser, fusion_dim, denoiser_hidden_dim, num_heads, long_condition)
+        self.skip: Optional[ConcatFusion] = None
+        if concat_skip:
+            self.skip = ConcatFusion(long_dim, session_dim, fusion_dim, validate_inputs=False)
+            self.skip_gate = nn.Parameter(torch.zeros(fusion_dim))
 
     # ------------------------------------------------------------------ pieces
     def _start(self, h_long: Tensor, long_mask: Optional[Tensor]) -> Tensor:
@@ -262,33 +273,63 @@ class InterestFusion(FusionLayer):
             out.append((torch.where(c.unsqueeze(-1), g, null_g), (mask & c) | (null_m & ~c)))
         return out
 
-    def _guided(self, x_t: Tensor, t: Tensor, branches: list[tuple[Tensor, Tensor]], cond: Optional[Tensor], combination: str) -> Tensor:
-        """The guided x0-prediction (B, d): all denoiser passes batched into one call."""
-        if self.guidance == "none":
-            g, m = branches[0]
-            return self.denoiser(x_t, t, g, m, cond)
+    def _guided(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        branches: list[tuple[Tensor, Tensor]],
+        cond: Optional[Tensor],
+        combination: str,
+        stop: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The guided x0-prediction (B, d), all denoiser passes batched into one call.
+
+        With ``stop`` (long (B,), MARN only) also the guided prediction conditioned on the
+        sessions before ``stop``, read from the same chain (see ``MARN.forward_with_prefix``);
+        otherwise None in its place.
+        """
         passes = list(branches)
         gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
         # eq. 14 rewritten as (1 - sum gamma) f_uncond + sum_j gamma_j f_j: the unconditional
         # pass is needed only when its weight is not zero.
         uncond_weight = 1.0 - sum(gammas)
-        use_uncond = combination == "inference" and abs(uncond_weight) > _UNCOND_WEIGHT_TOLERANCE
+        use_uncond = (
+            self.guidance != "none" and combination == "inference" and abs(uncond_weight) > _UNCOND_WEIGHT_TOLERANCE
+        )
         if use_uncond:
             passes.append(self._null_inputs(0, branches[0][0], branches[0][1]))
         n, batch = len(passes), x_t.shape[0]
-        stacked = self.denoiser(
-            x_t.repeat(n, 1),
-            t.repeat(n),
-            torch.cat([g for g, _ in passes], dim=0),
-            torch.cat([m for _, m in passes], dim=0),
-            None if cond is None else cond.repeat(n, 1),
+        if n == 1:
+            args = (x_t, t, passes[0][0], passes[0][1], cond)
+        else:
+            args = (
+                x_t.repeat(n, 1),
+                t.repeat(n),
+                torch.cat([g for g, _ in passes], dim=0),
+                torch.cat([m for _, m in passes], dim=0),
+                None if cond is None else cond.repeat(n, 1),
+            )
+        if stop is None:
+            return self._combine(self.denoiser(*args), n, batch, gammas, combination, use_uncond, uncond_weight), None
+        assert isinstance(self.denoiser, MARN)
+        stacked, prefix = self.denoiser.forward_with_prefix(*args, stop.repeat(n))
+        return (
+            self._combine(stacked, n, batch, gammas, combination, use_uncond, uncond_weight),
+            self._combine(prefix, n, batch, gammas, combination, use_uncond, uncond_weight),
         )
+
+    def _combine(
+        self, stacked: Tensor, n: int, batch: int, gammas: tuple[float, ...], combination: str, use_uncond: bool, uncond_weight: float
+    ) -> Tensor:
+        """The n passes stacked as (n * B, d) combined into one (B, d) prediction."""
+        if self.guidance == "none":
+            return stacked
         # reshape, not chunk: chunk of a symbolic batch specialises it under torch.export.
         out = stacked.reshape(n, batch, stacked.shape[-1]).unbind(0)
         if combination == "inference":
             guided = sum(gamma * f for gamma, f in zip(gammas, out))
             return guided + uncond_weight * out[-1] if use_uncond else guided
-        if len(branches) == 1:
+        if len(out) == 1:
             return out[0]
         total = sum(gammas)
         return sum((gamma / total) * f for gamma, f in zip(gammas, out))
@@ -329,8 +370,13 @@ class InterestFusion(FusionLayer):
         guidance = self.encoder(sessions, mask)
         cond = x0 if self.long_condition else None
         if self.training:
-            return self._train_forward(x0, sessions, mask, guidance, cond)
-        return FusionOutput(fused=self._sample(x0, mask, guidance, cond))
+            out = self._train_forward(x0, sessions, mask, guidance, cond)
+        else:
+            out = FusionOutput(fused=self._sample(x0, mask, guidance, cond))
+        if self.skip is not None:
+            linear = self.skip(h_long, h_sessions, session_mask, long_mask).fused
+            out.fused = linear + self.skip_gate.to(linear.dtype) * out.fused
+        return out
 
     def _train_forward(self, x0: Tensor, sessions: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> FusionOutput:
         batch, device = x0.shape[0], x0.device
@@ -347,22 +393,29 @@ class InterestFusion(FusionLayer):
         noise = torch.randn(2 * batch, x0.shape[1], device=device, dtype=x0.dtype)
         x_t = self.schedule.q_sample(x0.repeat(2, 1), t, noise)
         # t1 and t2 in one batched pass.
-        both = self._guided(
+        last = last_present_index(mask)
+        # MARN gives the evolution prediction from its own chain (no second pass).
+        from_chain = self.evolution_weight > 0 and isinstance(self.denoiser, MARN)
+        both, prefix = self._guided(
             x_t,
             t,
             [(g.repeat(2, 1, 1), m.repeat(2, 1)) for g, m in branches],
             None if cond is None else cond.repeat(2, 1),
             self.train_combination,
+            stop=last.repeat(2) if from_chain else None,
         )
         out_t1, out_t2 = both[:batch], both[batch:]
         fused = out_t1 if self.task_step == "t1" else 0.5 * (out_t1 + out_t2)
 
         losses: dict[str, Tensor] = {}
         if self.evolution_weight > 0:
-            last = last_present_index(mask)
             valid = mask.sum(dim=1) >= 2
-            evo_mask = mask & (torch.arange(mask.shape[1], device=device).unsqueeze(0) != last.unsqueeze(1))
-            predicted = self._guided(x_t[:batch], t[:batch], self._branches(guidance, evo_mask, keep), cond, self.train_combination)
+            if prefix is not None:
+                predicted = prefix[:batch]
+            else:
+                evo_mask = mask & (torch.arange(mask.shape[1], device=device).unsqueeze(0) != last.unsqueeze(1))
+                evo_branches = self._branches(guidance, evo_mask, keep)
+                predicted = self._guided(x_t[:batch], t[:batch], evo_branches, cond, self.train_combination)[0]
             # Detached target: the session encoder should not move to chase the prediction.
             target = sessions.gather(1, last.view(-1, 1, 1).expand(-1, 1, sessions.shape[2])).squeeze(1).detach()
             losses["evolution"] = self.evolution_weight * evolution_loss(predicted, target, valid)
@@ -394,7 +447,7 @@ class InterestFusion(FusionLayer):
             x = self.schedule.q_sample(x0, start, start_noise)
         for i in reversed(range(self.sampler.num_steps)):
             local = torch.full((batch,), i, dtype=torch.long, device=x0.device)
-            x0_hat = self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")
+            x0_hat = self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")[0]
             z = None
             if generator is not None and i > 0:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -404,5 +457,5 @@ class InterestFusion(FusionLayer):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, guidance={self.guidance!r}, T={self.schedule.num_steps}, "
-            f"S={self.sampling_steps}, t_start={self.t_start}"
+            f"S={self.sampling_steps}, t_start={self.t_start}, concat_skip={self.skip is not None}"
         )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import ifusion_plugin.fusion.interest_fusion as interest_module
 from ifusion_plugin.fusion import InterestFusion
-from ifusion_plugin.fusion.losses import disentangle_loss, evolution_loss
+from ifusion_plugin.fusion.losses import disentangle_loss, evolution_loss, last_present_index
 from ifusion_plugin.fusion.schedule import respaced_steps
 
 LONG, SESS, FUSE = 7, 5, 8
@@ -20,16 +20,19 @@ DENOISERS = ["marn", "marn_attention", "nar_mlp", "nar_attention"]
 
 
 def make(fresh: bool = False, **kwargs) -> InterestFusion:
-    """A small InterestFusion. Unless ``fresh``, its denoiser's zero-initialised output layer is
-    randomised: a fresh denoiser is the identity on ``x_t``, which would make the guidance
-    (and every test about it) invisible in the output."""
+    """A small InterestFusion whose ``fused`` is the diffusion output itself (``concat_skip``
+    off unless asked for). Unless ``fresh``, the zero-initialised parts are randomised: a fresh
+    denoiser is the identity on ``x_t`` and a fresh skip gate hides the generation, which would
+    make the guidance (and every test about it) invisible in the output."""
     torch.manual_seed(0)
-    base = dict(num_heads=2, num_train_steps=20, denoiser_hidden_dim=16, guidance_hidden_dim=16)
+    base = dict(num_heads=2, num_train_steps=20, denoiser_hidden_dim=16, guidance_hidden_dim=16, concat_skip=False)
     base.update(kwargs)
     m = InterestFusion(LONG, SESS, FUSE, **base)
     if not fresh:
         torch.nn.init.normal_(m.denoiser.out[1].weight, std=0.3)
         torch.nn.init.normal_(m.denoiser.out[1].bias, std=0.3)
+        if m.skip is not None:
+            torch.nn.init.normal_(m.skip_gate, std=0.5)
     return m
 
 
@@ -80,9 +83,12 @@ def test_property_shapes(b, k, sampling_steps, schedule, t_start, task_step, see
         assert out.fused.shape == (b, FUSE) and torch.isfinite(out.fused).all()
 
 
+@pytest.mark.parametrize("concat_skip", [False, True])
 @pytest.mark.parametrize("denoiser", DENOISERS)
-def test_gradients_reach_every_parameter(denoiser):
-    m = make(denoiser=denoiser, long_condition=True, p_drop_cp=0.5, p_drop_tf=0.5, disentangle_mode="inner_product").train()
+def test_gradients_reach_every_parameter(denoiser, concat_skip):
+    m = make(
+        denoiser=denoiser, long_condition=True, p_drop_cp=0.5, p_drop_tf=0.5, disentangle_mode="inner_product", concat_skip=concat_skip
+    ).train()
     torch.manual_seed(3)
     h_long, h_sessions, mask = inputs(b=16, k=4)
     long_mask = torch.ones(16, dtype=torch.bool)
@@ -166,7 +172,7 @@ def test_respaced_sampling_equals_explicit_loop(t_start):
         x = x0 if t_start is None else math.sqrt(abar[top - 1]) * x0
         kept = respaced_steps(top, S)
         for j in reversed(range(len(kept))):
-            f = m._guided(x, torch.full((4,), kept[j]), branches, None, "inference")
+            f = m._guided(x, torch.full((4,), kept[j]), branches, None, "inference")[0]
             a_t = abar[kept[j]]
             a_prev = abar[kept[j - 1]] if j > 0 else 1.0
             beta = 1 - a_t / a_prev
@@ -418,3 +424,49 @@ def test_consistency_targets_detached_t1_output(monkeypatch):
     monkeypatch.setattr(interest_module, "consistency_loss", capture)
     make(task_step="t1").train()(*inputs())
     assert seen == {"output_grad": True, "target_grad": False}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_concat_skip_starts_as_the_concat_fusion(training):
+    m = make(fresh=True, concat_skip=True).train(training)
+    h_long, h_sessions, mask = inputs()
+    long_mask = torch.tensor([True, False, True, True])
+    out = m(h_long, h_sessions, mask, long_mask)
+    # The gate starts at zero: the layer is exactly the ConcatFusion it holds.
+    torch.testing.assert_close(out.fused, m.skip(h_long, h_sessions, mask, long_mask).fused, rtol=0, atol=0)
+    if training:
+        assert set(out.losses) == {"evolution", "consistency", "disentangle"}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_concat_skip_adds_the_gated_generation(training):
+    m = make(concat_skip=True).train(training)
+    h = inputs()
+    torch.manual_seed(2)
+    fused = m(*h).fused
+    skip, m.skip = m.skip, None
+    torch.manual_seed(2)
+    generated = m(*h).fused
+    m.skip = skip
+    torch.testing.assert_close(fused, skip(*h).fused + m.skip_gate * generated)
+
+
+@pytest.mark.parametrize("denoiser", ["marn", "marn_attention"])
+@pytest.mark.parametrize("combination", ["algorithm1", "inference"])
+def test_evolution_prediction_read_from_the_chain_equals_a_separate_pass(denoiser, combination):
+    # MARN's output conditioned on the sessions before the last present one is a state of the
+    # full chain; reading it there must give what a second pass over the shortened mask gives.
+    m = make(denoiser=denoiser, train_combination=combination, gamma_cp=2.0, gamma_tf=1.0, long_condition=True)
+    torch.manual_seed(1)
+    x_t, t, sessions = torch.randn(6, FUSE), torch.randint(0, 20, (6,)), torch.randn(6, 4, FUSE)
+    mask = torch.rand(6, 4) > 0.3
+    mask[0], mask[1] = True, torch.tensor([False, False, True, False])
+    guidance = m.encoder(sessions, mask)
+    keep = [torch.rand(6) > 0.3, torch.rand(6) > 0.3]
+    last = last_present_index(mask)
+    full, prefix = m._guided(x_t, t, m._branches(guidance, mask, keep), x_t, combination, stop=last)
+    shortened = mask & (torch.arange(4).unsqueeze(0) != last.unsqueeze(1))
+    separate = m._guided(x_t, t, m._branches(guidance, shortened, keep), x_t, combination)[0]
+    valid = mask.sum(dim=1) >= 2
+    torch.testing.assert_close(prefix[valid], separate[valid], rtol=0, atol=1e-6)
+    torch.testing.assert_close(full, m._guided(x_t, t, m._branches(guidance, mask, keep), x_t, combination)[0])
