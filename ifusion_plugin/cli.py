@@ -16,12 +16,17 @@ Differences from a plain ``LightningCLI``:
   into the working directory, where the config would overwrite a user's own file;
 - after ``fit``, ``validate`` and ``test`` a table of the final epoch metrics is printed;
 - ``predict`` scores the split ``--predict_split`` (default ``test``) and writes one
-  ``row, user, target_item, label, prob`` row per sample to ``--predictions_path``: Parquet when
-  the path ends in ``.parquet``, else CSV (default ``logs/predictions.csv``). ``row`` is the
-  sample's index in the split (for a prepared-sample table, its row in that split's file: join on
-  it to get your raw ids back); ``user`` and ``target_item`` are the encoded ids of the batch
-  layout (0 padding, 1 out-of-vocabulary). An existing file is replaced only with
-  ``--overwrite_predictions true``.
+  ``row, user, target_item, label, prob, user_id, item_id`` row per sample to
+  ``--predictions_path``: Parquet when the path ends in ``.parquet``, else CSV (default
+  ``logs/predictions.csv``). ``row`` is the sample's index in the split (for a prepared-sample
+  table, its row in that split's file); ``user`` and ``target_item`` are the encoded ids of the
+  batch layout (0 padding, 1 out-of-vocabulary); ``user_id`` and ``item_id`` are the same
+  sample's ids as the source data spells them (ints, or strings where the source has string ids;
+  an out-of-vocabulary item keeps its true id), from
+  :meth:`~ifusion_plugin.data.CTRDataModule.raw_ids`. Every built-in datamodule provides them;
+  with a datamodule that does not (``has_raw_ids`` false, or not a ``CTRDataModule``) the file
+  has the first five columns only and a ``UserWarning`` says so. An existing file is replaced
+  only with ``--overwrite_predictions true``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import functools
 import importlib
 import os
 import sys
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -49,6 +55,9 @@ __all__ = ["CTRLightningCLI", "check_model_config", "format_summary", "main", "w
 
 PREDICT_SPLITS = ("train", "valid", "test")
 PREDICTION_COLUMNS = ("row", "user", "target_item", "label", "prob")
+#: Appended after :data:`PREDICTION_COLUMNS` when the datamodule keeps raw ids: readers that
+#: take the first five columns by position keep working.
+RAW_ID_PREDICTION_COLUMNS = ("user_id", "item_id")
 
 #: Defaults every run gets unless the YAML or the command line says otherwise.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -147,8 +156,8 @@ class CTRLightningCLI(LightningCLI):
             "--predictions_path",
             type=str,
             default=os.path.join("logs", "predictions.csv"),
-            help="predict only: file receiving one 'row, user, target_item, label, prob' row per sample; "
-            "Parquet when it ends in .parquet, else CSV",
+            help="predict only: file receiving one 'row, user, target_item, label, prob, user_id, item_id' row "
+            "per sample (user_id/item_id: the raw ids of the source data); Parquet when it ends in .parquet, else CSV",
         )
         parser.add_argument(
             "--predict_split",
@@ -183,8 +192,36 @@ class CTRLightningCLI(LightningCLI):
         columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS[1:]}
         # The predict loader keeps the split's order, so a running index is the sample's row.
         columns = {"row": np.arange(len(columns["prob"])), **columns}
+        columns.update(self._raw_id_columns(split, columns["row"]))
         write_predictions(columns, path)
         print(f"predictions for the {split} split written to {path}", flush=True)
+
+    def _raw_id_columns(self, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw ``user_id`` and ``item_id`` of the predicted ``rows`` of ``split``.
+
+        Args:
+            split: the predicted split.
+            rows: int array of shape ``(R,)``, the predicted samples' rows in the split.
+
+        Returns:
+            ``{"user_id": (R,), "item_id": (R,)}``, or ``{}`` with a ``UserWarning`` when the
+            datamodule keeps no raw ids (the file then has the encoded ids only).
+        """
+        datamodule = self.datamodule
+        if not getattr(datamodule, "has_raw_ids", False):
+            reason = (
+                "there is no datamodule" if datamodule is None
+                else f"{type(datamodule).__name__} keeps no raw ids (see CTRDataModule.raw_ids)"
+            )
+            warnings.warn(
+                f"predict: the predictions file gets no {'/'.join(RAW_ID_PREDICTION_COLUMNS)} columns: {reason}; "
+                "join on 'row' to recover them",
+                UserWarning,
+                stacklevel=2,
+            )
+            return {}
+        raw = datamodule.raw_ids(split)
+        return {name: raw[name][rows] for name in RAW_ID_PREDICTION_COLUMNS}
 
     def instantiate_classes(self) -> None:
         """Build the host (and its fusion layer) once on a placeholder spec before anything reads

@@ -10,12 +10,16 @@ import csv
 import glob
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 import torch
+from lightning.pytorch import LightningDataModule
 
+from ifusion_plugin.batch import FIRST_ID, OOV_ID
 from ifusion_plugin.cli import CTRLightningCLI, main
 from ifusion_plugin.task import CTRTask
 
@@ -114,7 +118,7 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
         rows = list(csv.DictReader(handle))
     # limit_predict_batches=2 batches of eval_batch_size rows of the test split.
     assert len(rows) == min(2 * cli.datamodule.eval_batch_size, len(cli.datamodule.split("test")))
-    assert list(rows[0]) == ["row", "user", "target_item", "label", "prob"]
+    assert list(rows[0]) == ["row", "user", "target_item", "label", "prob", "user_id", "item_id"]
     assert [int(r["row"]) for r in rows] == list(range(len(rows)))
     probs = torch.tensor([float(r["prob"]) for r in rows])
     assert bool(((probs > 0) & (probs < 1)).all())
@@ -129,6 +133,9 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
     assert table["user"] == list(valid["user"]) and table["target_item"] == list(valid["target_item"])
     assert table["label"] == [float(v) for v in valid["label"]]
     assert all(0 < p < 1 for p in table["prob"])
+    # Synthetic raw ids are the generator's, from 0: the encoded ids shifted past pad and OOV.
+    assert [u + FIRST_ID for u in table["user_id"]] == table["user"]
+    assert [i + FIRST_ID for i in table["item_id"]] == table["target_item"]
 
     # An existing predictions file is kept unless --overwrite_predictions true.
     before = Path("out/preds.csv").read_bytes()
@@ -140,6 +147,90 @@ def test_validate_and_predict_from_checkpoint(in_tmp: Path, capsys) -> None:
     assert Path("out/preds.csv").read_bytes() != before
     with pytest.raises(ValueError, match="--predict_split must be one of"):
         run("predict", "din_concat.yaml", f"--ckpt_path={best}", "--predictions_path=out/x.csv", "--predict_split=dev")
+
+
+PREDICTION_HEADER = ["row", "user", "target_item", "label", "prob", "user_id", "item_id"]
+
+
+def _read_predictions(path: str) -> dict[str, list]:
+    """The predictions file as columns (CSV values stay strings)."""
+    if path.endswith(".parquet"):
+        return pq.read_table(path).to_pydict()
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def _grocery_sequences() -> dict[int, list[int]]:
+    """Raw item ids per raw user of the slice's interactions.tsv, oldest first (file order breaks ties)."""
+    with open(GROCERY_SLICE / "interactions.tsv", newline="") as handle:
+        rows = sorted((int(r["user_id"]), int(r["time"]), line, int(r["item_id"]))
+                      for line, r in enumerate(csv.DictReader(handle, delimiter="\t")))
+    sequences: dict[int, list[int]] = {}
+    for user, _, _, item in rows:
+        sequences.setdefault(user, []).append(item)
+    return sequences
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_predict_writes_raw_ids_of_the_grocery_slice(in_tmp: Path, suffix: str) -> None:
+    # Untrained weights: the ids are under test, not the scores. The CSV run writes 2 batches of
+    # 16, a prefix of the split, so the raw ids must be joined by row, not taken whole.
+    limit = ["--trainer.limit_predict_batches=1.0"] if suffix == "parquet" else ["--data.init_args.eval_batch_size=16"]
+    cli = run("predict", "din_concat.yaml", f"--predictions_path=out/test.{suffix}", *limit, data="grocery-slice")
+    written = _read_predictions(f"out/test.{suffix}")
+    assert list(written) == PREDICTION_HEADER
+    rows, users, items, encoded_users, encoded_items = (
+        [int(v) for v in written[name]] for name in ("row", "user_id", "item_id", "user", "target_item"))
+    labels = [float(v) for v in written["label"]]
+    assert rows == list(range(len(cli.datamodule.split("test")) if suffix == "parquet" else 32))
+    sequences = _grocery_sequences()
+    for user, item, label in zip(users, items, labels):
+        # The protocol's test positive is the user's latest interaction; a negative one never rated.
+        assert (item == sequences[user][-1]) if label == 1 else (item not in sequences[user])
+    # Users are all encoded, in sorted raw-id order from FIRST_ID.
+    user_index = {user: i + FIRST_ID for i, user in enumerate(sorted(sequences))}
+    assert encoded_users == [user_index[user] for user in users]
+    # Out-of-vocabulary rows keep their true raw id: an item no train-visible history holds.
+    seen_in_train_histories = {item for seq in sequences.values() for item in seq[:-2]}
+    oov_items = [item for item, encoded in zip(items, encoded_items) if encoded == OOV_ID]
+    assert oov_items and not set(oov_items) & seen_in_train_histories
+    # Known items: one encoded id per raw id, in the raw ids' sorted order.
+    known = sorted({(item, encoded) for item, encoded in zip(items, encoded_items) if encoded != OOV_ID})
+    assert all(a[1] < b[1] for a, b in zip(known, known[1:]))
+
+
+def _write_string_id_table(root: Path) -> list[tuple[str, str]]:
+    """A CSV table with string user and item ids; returns the test file's (user_id, item_id) rows."""
+    root.mkdir()
+    header = "user_id,item_id,label,item_history\n"
+    train = [(f"u{u}", f"i{(u + k) % 7}", k % 2, " ".join(f"i{(u + j) % 7}" for j in range(k))) for u in range(6) for k in range(4)]
+    (root / "train.csv").write_text(header + "".join(f"{u},{i},{y},{h}\n" for u, i, y, h in train))
+    (root / "valid.csv").write_text(header + "u1,i3,1,i1 i2\nu2,i4,0,i2\n")
+    # u9 is an unseen user and i99, 'i,42' (quoted: a comma inside the id) unseen items: all OOV.
+    test = [("u3", "i5", 1, "i3 i4"), ("u9", "i99", 0, "i1"), ("u0", "i,42", 1, ""), ("u5", "i0", 0, "i5 i6 i0")]
+    (root / "test.csv").write_text(header + "".join(f'{u},"{i}",{y},{h}\n' for u, i, y, h in test))
+    return [(u, i) for u, i, _, _ in test]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_predict_writes_string_raw_ids_of_a_table(in_tmp: Path, suffix: str) -> None:
+    expected = _write_string_id_table(in_tmp / "table")
+    main(["predict", f"--config={RECIPES / 'din_concat.yaml'}", f"--config={RECIPES / 'data' / 'table.yaml'}",
+          f"--data.init_args.root={in_tmp / 'table'}", "--data.init_args.long_len=4", *QUICK,
+          f"--predictions_path=out/test.{suffix}"])
+    written = _read_predictions(f"out/test.{suffix}")
+    assert list(written) == PREDICTION_HEADER
+    assert list(zip(written["user_id"], written["item_id"])) == expected
+    assert [int(v) for v in written["target_item"]][1:3] == [OOV_ID, OOV_ID]  # i99, 'i,42'
+    assert int(written["user"][1]) == OOV_ID  # u9
+
+
+def test_predictions_without_raw_ids_keep_the_encoded_columns_and_warn() -> None:
+    rows = np.arange(3)
+    for datamodule, reason in ((None, "there is no datamodule"), (LightningDataModule(), "LightningDataModule keeps no raw ids")):
+        with pytest.warns(UserWarning, match=f"no user_id/item_id columns: {reason}"):
+            assert CTRLightningCLI._raw_id_columns(SimpleNamespace(datamodule=datamodule), "test", rows) == {}
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """Atomic on-disk cache of processed splits as ``datasets`` Arrow datasets.
 
 Layout: ``cache_dir/<source>-<key>/`` holding ``train/``, ``valid/``, ``test/``
-(``Dataset.save_to_disk``), ``meta.json`` (the FeatureSpec and the options) and ``COMPLETE``.
+(``Dataset.save_to_disk``, the sample columns a batch is built from), ``raw_ids/<split>.parquet``
+(the raw ``user_id``/``item_id`` of each sample, in the split's row order, when the source gave
+them), ``meta.json`` (the FeatureSpec and the options) and ``COMPLETE``.
 Only a directory with the ``COMPLETE`` marker is trusted; a build is written into a temporary
 directory inside ``cache_dir`` and renamed into place, so a crash never leaves a trusted
 half-written cache. Other keys' directories are never touched.
@@ -15,21 +17,41 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import Dataset, Features, Sequence as HFSequence, Value, load_from_disk
 
 from ..batch import FeatureSpec
 
-__all__ = ["FORMAT_VERSION", "COMPLETE_MARKER", "cache_key", "file_fingerprint", "load_or_build", "SplitArrays"]
+__all__ = [
+    "FORMAT_VERSION",
+    "COMPLETE_MARKER",
+    "RAW_ID_COLUMNS",
+    "cache_key",
+    "file_fingerprint",
+    "load_or_build",
+    "load_raw_ids",
+    "raw_ids_path",
+    "SplitArrays",
+]
 
-FORMAT_VERSION = 1
+#: 2: per-sample raw ids under ``raw_ids/`` (caches of version 1 have none and are rebuilt).
+FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 SPLITS = ("train", "valid", "test")
+RAW_IDS_DIR = "raw_ids"
 
-#: per split, a mapping column name -> stacked numpy array (first dimension = samples)
-SplitArrays = Mapping[str, Mapping[str, np.ndarray]]
+#: Optional columns of a built split holding each sample's user and item id as the source data
+#: spells them (ints or strings, OOV items included). They are stored apart from the sample
+#: columns, so the batch builder never reads them.
+RAW_ID_COLUMNS = ("user_id", "item_id")
+
+#: per split, a mapping column name -> stacked numpy array (first dimension = samples); the
+#: :data:`RAW_ID_COLUMNS` may also be ``pyarrow`` arrays (string ids).
+SplitArrays = Mapping[str, Mapping[str, "np.ndarray | pa.Array | pa.ChunkedArray"]]
 
 
 def file_fingerprint(paths: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -65,8 +87,6 @@ def _to_dataset(columns: Mapping[str, np.ndarray]) -> Dataset:
         else:
             feats[name] = HFSequence(HFSequence(Value("int64"), length=arr.shape[2]), length=arr.shape[1])
         data[name] = arr
-    import pyarrow as pa
-
     arrays = {}
     for name, arr in data.items():
         flat = pa.array(arr.reshape(-1))
@@ -77,6 +97,57 @@ def _to_dataset(columns: Mapping[str, np.ndarray]) -> Dataset:
     return Dataset(table.cast(Features(feats).arrow_schema))
 
 
+def raw_ids_path(cache_path: str, split: str) -> str:
+    """The Parquet file of ``split``'s raw ids inside the cache directory ``cache_path``."""
+    return os.path.join(cache_path, RAW_IDS_DIR, f"{split}.parquet")
+
+
+def _raw_id_array(values: "np.ndarray | pa.Array | pa.ChunkedArray") -> pa.Array:
+    """One raw-id column as an Arrow array: integers widened to int64 (so that a predictions
+    file has one integer type whatever the source wrote), anything else (strings) unchanged."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not isinstance(array, pa.Array):
+        array = pa.array(np.asarray(array))
+    if pa.types.is_integer(array.type):
+        array = array.cast(pa.int64())
+    return array
+
+
+def _split_raw_ids(split: str, columns: Mapping[str, object]) -> Optional[pa.Table]:
+    """The raw-id columns of a built split as a table, ``None`` when the source gave none.
+
+    Raises:
+        ValueError: only one of :data:`RAW_ID_COLUMNS` is present, or a raw-id column's length
+            differs from the split's number of samples.
+    """
+    present = [name for name in RAW_ID_COLUMNS if name in columns]
+    if not present:
+        return None
+    if len(present) != len(RAW_ID_COLUMNS):
+        raise ValueError(
+            f"split {split!r}: raw-id columns must be given together, expected {list(RAW_ID_COLUMNS)}, got {present}"
+        )
+    samples = len(np.asarray(columns["label"]))
+    arrays = {name: _raw_id_array(columns[name]) for name in RAW_ID_COLUMNS}  # type: ignore[arg-type]
+    for name, array in arrays.items():
+        if len(array) != samples:
+            raise ValueError(
+                f"split {split!r}: raw-id column {name!r} must have one entry per sample, expected {samples}, got {len(array)}"
+            )
+    return pa.table(arrays)
+
+
+def load_raw_ids(cache_path: str, split: str) -> Optional[pa.Table]:
+    """The raw ids of ``split`` stored in the complete cache directory ``cache_path``.
+
+    Returns:
+        A table with the :data:`RAW_ID_COLUMNS` (each of length ``S``, the split's number of
+        samples, in its row order), or ``None`` when the source stored no raw ids.
+    """
+    path = raw_ids_path(cache_path, split)
+    return pq.read_table(path) if os.path.exists(path) else None
+
+
 def load_or_build(
     cache_dir: str,
     key: str,
@@ -85,9 +156,14 @@ def load_or_build(
 ) -> tuple[dict[str, Dataset], FeatureSpec, bool]:
     """Load the cache ``cache_dir/key`` or build and store it atomically.
 
+    Args:
+        build: returns per split the sample columns (:data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`
+            and ``context``, first dimension ``S``) and optionally the :data:`RAW_ID_COLUMNS`
+            (shape ``(S,)``, for every split or none), and the FeatureSpec.
+
     Returns:
-        (datasets per split, memory-mapped, ``numpy`` format), the FeatureSpec, and whether
-        it was a cache hit.
+        (datasets per split, memory-mapped, ``numpy`` format, without the raw-id columns: read
+        those with :func:`load_raw_ids`), the FeatureSpec, and whether it was a cache hit.
     """
     final = os.path.join(cache_dir, key)
     hit = os.path.exists(os.path.join(final, COMPLETE_MARKER))
@@ -96,10 +172,21 @@ def load_or_build(
         os.makedirs(cache_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
         try:
+            raw_ids = {split: _split_raw_ids(split, splits[split]) for split in SPLITS}
+            if len({table is None for table in raw_ids.values()}) > 1:
+                given = [split for split, table in raw_ids.items() if table is not None]
+                raise ValueError(f"raw ids must be given for every split or none, expected {list(SPLITS)}, got {given}")
             for split in SPLITS:
-                _to_dataset(splits[split]).save_to_disk(os.path.join(tmp, split))
+                samples = {name: values for name, values in splits[split].items() if name not in RAW_ID_COLUMNS}
+                _to_dataset(samples).save_to_disk(os.path.join(tmp, split))
+                table = raw_ids[split]
+                if table is not None:
+                    os.makedirs(os.path.join(tmp, RAW_IDS_DIR), exist_ok=True)
+                    pq.write_table(table, raw_ids_path(tmp, split))
+            meta = {"feature_spec": asdict(spec), "options": options, "format": FORMAT_VERSION,
+                    "raw_ids": raw_ids["train"] is not None}
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-                json.dump({"feature_spec": asdict(spec), "options": options, "format": FORMAT_VERSION}, f, default=str, indent=1)
+                json.dump(meta, f, default=str, indent=1)
             with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
                 f.write("ok\n")
             if os.path.exists(final):

@@ -11,6 +11,9 @@ contains its own or any later position, so the test item never enters a train hi
 Vocabularies: 0 pad, 1 OOV, known ids from 2 in sorted raw-id order. Items and categories are
 built from what train can see (train targets, train negatives and the histories up to the last
 train position); users from all users. An id unseen there maps to OOV.
+
+Raw ids: every source also stores each sample's ``user_id`` and ``item_id`` as its files spell
+them (OOV items keep their true id), read back with :meth:`CTRDataModule.raw_ids`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, CTRBatch, FeatureSpec
-from .cache import load_or_build, cache_key
+from .cache import RAW_ID_COLUMNS, SPLITS, SplitArrays, cache_key, load_or_build, load_raw_ids, raw_ids_path
 from .sequences import SequenceOptions, split_history
 
 __all__ = ["CTRDataModule", "SyntheticDataModule", "MovieLens1MDataModule", "AmazonGroceryDataModule", "TaobaoDataModule", "AmazonBooksDIENDataModule", "build_ctr_samples"]
@@ -206,7 +209,9 @@ def build_ctr_samples(
         times: optional unix seconds per sequence (needed by ``time_gap``).
 
     Returns:
-        per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``), and the spec.
+        per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``) plus the
+        raw ``user_id`` and ``item_id`` of each sample (int64, ``(S,)``; the negative's own raw
+        id on negative rows), and the spec.
     """
     all_items = np.unique(np.concatenate([np.asarray(s) for s in seqs])) if seqs else np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
@@ -246,6 +251,7 @@ def build_ctr_samples(
     enc_cates = [encode(cate_keys, np.array([cate_of.get(int(i), -1) for i in s], np.int64)) for s in seqs]
     enc_users = encode(user_keys, np.asarray(users))
     cols: dict[str, dict[str, list]] = {sp: {k: [] for k in SAMPLE_COLUMNS} for sp in ("train", "valid", "test")}
+    raw: dict[str, dict[str, list[int]]] = {sp: {k: [] for k in RAW_ID_COLUMNS} for sp in cols}
     for ui, p, split, neg in plan:
         t = None if times is None else np.asarray(times[ui])[:p]
         h = split_history(enc_seqs[ui][:p], enc_cates[ui][:p], options, t)
@@ -262,9 +268,14 @@ def build_ctr_samples(
             c["session_items"].append(h.session_items)
             c["session_cates"].append(h.session_cates)
             c["label"].append(label)
+        raw[split]["user_id"] += [int(users[ui])] * 2
+        raw[split]["item_id"] += [int(seqs[ui][p]), neg]
     shapes = {"()": (), "(L,)": (options.long_len,), "(K, N)": (options.num_sessions, options.session_len)}
     out = {
-        sp: {k: np.asarray(v, dtype=np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()}
+        sp: {
+            **{k: np.asarray(v, dtype=np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()},
+            **{k: np.asarray(v, dtype=np.int64) for k, v in raw[sp].items()},
+        }
         for sp, c in cols.items()
     }
     spec = FeatureSpec(
@@ -288,6 +299,11 @@ class CTRDataModule(L.LightningDataModule):
     ``$IFUSION_CACHE_DIR`` if set, else ``~/.cache/ifusion-plugin`` (see :func:`default_cache_dir`);
     ``~`` is expanded. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
     :meth:`_content_options` and :meth:`_build`.
+
+    Raw ids: :meth:`raw_ids` gives each sample's ``user_id`` and ``item_id`` as the source data
+    spells them, in split row order, for every built-in source; a subclass provides them by
+    adding those two columns to every split its :meth:`_build` returns (:attr:`has_raw_ids`
+    tells whether it did).
 
     ``predict_split`` (attribute, ``"test"`` by default): the split ``predict_dataloader`` serves.
     """
@@ -348,7 +364,10 @@ class CTRDataModule(L.LightningDataModule):
     def _content_options(self) -> dict[str, object]:
         return {}
 
-    def _build(self) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
+    def _build(self) -> tuple[SplitArrays, FeatureSpec]:
+        """Per split the :data:`~ifusion_plugin.batch.SAMPLE_COLUMNS` (and ``context``) arrays,
+        optionally with the raw ``user_id``/``item_id`` of each sample (``(S,)``, numpy or
+        ``pyarrow`` arrays, for every split or none), and the FeatureSpec."""
         raise NotImplementedError
 
     # --- cache --------------------------------------------------------------------------
@@ -384,6 +403,43 @@ class CTRDataModule(L.LightningDataModule):
         """The cached ``datasets.Dataset`` of a split (numpy format)."""
         self._ensure()
         return self._splits[name]
+
+    @property
+    def has_raw_ids(self) -> bool:
+        """Whether the cache holds raw ids, i.e. :meth:`raw_ids` works (builds or loads it)."""
+        self._ensure()
+        assert self.cache_path is not None
+        # A complete cache holds raw ids for every split or for none.
+        return os.path.exists(raw_ids_path(self.cache_path, "train"))
+
+    def raw_ids(self, split: Literal["train", "valid", "test"]) -> dict[str, np.ndarray]:
+        """Each sample's user and item id as the source data spells them (OOV items included).
+
+        Read from the cache on each call, never on the training path.
+
+        Args:
+            split: ``"train"``, ``"valid"`` or ``"test"``.
+
+        Returns:
+            ``{"user_id": (S,), "item_id": (S,)}`` in the split's row order (row ``r`` belongs to
+            sample ``r`` of :meth:`split`): int64 arrays for integer ids, object arrays of
+            ``str`` for string ids.
+
+        Raises:
+            ValueError: ``split`` is not one of the three splits.
+            LookupError: this datamodule's ``_build`` stored no raw ids (see :attr:`has_raw_ids`).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self._ensure()
+        assert self.cache_path is not None
+        table = load_raw_ids(self.cache_path, split)
+        if table is None:
+            raise LookupError(
+                f"{type(self).__name__} stored no raw ids in {self.cache_path}: its _build must add the columns "
+                f"{list(RAW_ID_COLUMNS)} to every split"
+            )
+        return {name: table.column(name).to_numpy() for name in RAW_ID_COLUMNS}
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = self.split(name)
@@ -540,6 +596,9 @@ class SyntheticDataModule(CTRDataModule):
             "long_items": two(long_i), "long_cates": two(long_c),
             "session_items": two(sess_i), "session_cates": two(sess_c),
             "label": np.tile(np.array([1, 0], np.int64), S),
+            # The generator's own ids (from 0) are the raw ids: encoded = raw + FIRST_ID.
+            "user_id": two(raw["user"]),
+            "item_id": target,
         }
         split = two(raw["split"])
         out = {name: {k: np.ascontiguousarray(v[split == code]) for k, v in cols.items()}
@@ -873,6 +932,7 @@ class AmazonBooksDIENDataModule(CTRDataModule):
         for split, rows in (("train", [r for r in train if r[1] not in valid_users]),
                             ("valid", [r for r in train if r[1] in valid_users]), ("test", test)):
             c = {k: [] for k in SAMPLE_COLUMNS}
+            raw_ids = {"user_id": [r[1] for r in rows], "item_id": [r[2] for r in rows]}
             for label, u, item, cate, hi, hc in rows:
                 h = split_history(np.array([iv.get(x, OOV_ID) for x in hi], np.int64),
                                   np.array([cv.get(x, OOV_ID) for x in hc], np.int64), self.sequence_options)
@@ -885,6 +945,7 @@ class AmazonBooksDIENDataModule(CTRDataModule):
                 c["session_cates"].append(h.session_cates)
                 c["label"].append(label)
             out[split] = {k: np.asarray(v, np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()}
+            out[split].update({k: pa.array(v, pa.string()) for k, v in raw_ids.items()})
         spec = FeatureSpec(num_users=max(uv.values(), default=1) + 1, num_items=max(iv.values(), default=1) + 1,
                            num_cates=max(cv.values(), default=1) + 1, **{k: self.sequence_options.as_key()[k] for k in ("long_len", "num_sessions", "session_len")})
         return out, spec

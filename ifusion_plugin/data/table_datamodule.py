@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..batch import FIRST_ID, FeatureSpec
+from .cache import RAW_ID_COLUMNS, SplitArrays
 from .datamodule import CTRDataModule
 from .table import (
     TableVocabularies,
@@ -42,7 +43,9 @@ class TableDataModule(CTRDataModule):
     Batches (:class:`~ifusion_plugin.batch.CTRBatch`): ``user``/``target_item``/``target_cate``/
     ``label`` of shape ``(B,)``, ``long_*`` ``(B, L)``, ``session_*`` ``(B, K, N)`` and, when
     ``context_columns`` is not empty, ``context`` ``(B, C)`` with ``C = len(context_columns)``
-    (their vocabulary sizes are ``feature_spec.context_cardinalities``). Rows keep file order.
+    (their vocabulary sizes are ``feature_spec.context_cardinalities``). Rows keep file order;
+    :meth:`~ifusion_plugin.data.CTRDataModule.raw_ids` gives each row's ``user_id`` and
+    ``item_id`` as the file holds them (integers as int64, strings as ``str``).
 
     Args:
         root: a directory holding ``train``, ``valid`` and ``test`` files (``.parquet`` or
@@ -120,7 +123,7 @@ class TableDataModule(CTRDataModule):
             "encoded_ids": self.encoded_ids,
         }
 
-    def _build(self) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
+    def _build(self) -> tuple[SplitArrays, FeatureSpec]:
         tables = read_split_tables(self.root, self.list_separator)
         for name in self.context_columns:
             for split, table in tables.items():
@@ -133,7 +136,11 @@ class TableDataModule(CTRDataModule):
             tables["train"], self.context_columns
         )
         splits = {
-            split: encode_table(table, vocabularies, self.sequence_options, self.context_columns)
+            split: {
+                **encode_table(table, vocabularies, self.sequence_options, self.context_columns),
+                # Kept as written (ints or strings), so predictions name ids unseen in train too.
+                **{name: table[name] for name in RAW_ID_COLUMNS},
+            }
             for split, table in tables.items()
         }
         options = self.sequence_options

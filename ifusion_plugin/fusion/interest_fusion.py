@@ -57,15 +57,20 @@ class InterestFusion(FusionLayer):
 
     Training (``module.training``), Algorithm 1: per example two steps ``t1, t2`` and two
     noises; ``x_t`` from the closed-form forward process; the guided x0-prediction at both
-    steps. ``fused`` is the output at ``t1`` (or the mean of both, ``task_step="mean"``);
-    ``losses`` holds the weighted auxiliary losses ``"evolution"``, ``"disentangle"``,
-    ``"consistency"`` whose weight is positive (consistency pulls the t2 output to the detached t1 output).
+    steps. The generated interest ``x0_hat`` is the output at ``t1`` (or the mean of both,
+    ``task_step="mean"``); ``losses`` holds the weighted auxiliary losses ``"evolution"``,
+    ``"disentangle"``, ``"consistency"`` whose weight is positive (consistency pulls the t2
+    output to the detached t1 output). With MARN the evolution prediction (conditioned on the
+    sessions before the last one) is read from the task chain itself, not from a second pass.
 
     Evaluation, Algorithm 2: start from the projected ``h_long`` at ``t = T`` (or from it
     noised to ``t_start``), then ``sampling_steps`` reverse steps of eq. 19 with the guided
     prediction of eq. 14. ``z = 0`` by default, so evaluation is deterministic; with
     ``stochastic_sampling`` ``z`` is drawn from a generator reseeded with ``sampling_seed`` at
     every call. ``losses`` is empty.
+
+    Output: ``fused = ConcatFusion(h_long, h_sessions) + gate * x0_hat`` with a per-dimension
+    ``gate`` initialised to zero (``concat_skip=True``, the default), else ``fused = x0_hat``.
 
     Zero data: a row with ``long_mask`` False starts from a learned population prior vector
     (trained on those rows and on a random ``p_drop_long`` fraction of rows); a row without any
@@ -392,10 +397,10 @@ class InterestFusion(FusionLayer):
             t = torch.cat([torch.randint(0, self.t_start, (batch,), device=device), t[batch:]])
         noise = torch.randn(2 * batch, x0.shape[1], device=device, dtype=x0.dtype)
         x_t = self.schedule.q_sample(x0.repeat(2, 1), t, noise)
-        # t1 and t2 in one batched pass.
         last = last_present_index(mask)
         # MARN gives the evolution prediction from its own chain (no second pass).
         from_chain = self.evolution_weight > 0 and isinstance(self.denoiser, MARN)
+        # t1 and t2 in one batched pass.
         both, prefix = self._guided(
             x_t,
             t,

@@ -11,6 +11,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
+from .layers import SessionPooling
 
 __all__ = ["AvgPoolDNN"]
 
@@ -22,7 +23,8 @@ class AvgPoolDNN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout: see :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_pooling: see
+        :class:`~ifusion_plugin.hosts.CTRHost`.
 
     Example:
         >>> from ifusion_plugin.batch import FeatureSpec
@@ -41,6 +43,7 @@ class AvgPoolDNN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_pooling: SessionPooling = "mean",
     ) -> None:
         super().__init__(
             spec,
@@ -52,6 +55,7 @@ class AvgPoolDNN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_pooling=session_pooling,
         )
         self._build_fusion_and_head(self.item_dim)
 

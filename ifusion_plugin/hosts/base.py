@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..batch import PAD_ID, CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory, FusionLayer
-from .layers import MLP, SessionEncoder, _check_dropout, _check_dims, _check_positive_int
+from .layers import MLP, SessionEncoder, SessionPooling, _check_dropout, _check_dims, _check_positive_int
 
 __all__ = ["HostOutput", "CTRHost"]
 
@@ -67,6 +67,9 @@ class CTRHost(nn.Module):
         session_heads: attention heads of the session encoder; must divide ``2 * embed_dim``.
         session_feedforward_dim: feed-forward width of the session encoder.
         session_dropout: dropout inside the session encoder.
+        session_pooling: ``"mean"`` (default) or ``"target"``: how the session encoder pools a
+            session's behaviours (see :class:`~ifusion_plugin.hosts.layers.SessionEncoder`);
+            ``"target"`` makes every session vector candidate-aware.
 
     Call arguments (``forward``):
         batch: a :class:`~ifusion_plugin.batch.CTRBatch` whose shapes match ``spec``
@@ -88,6 +91,7 @@ class CTRHost(nn.Module):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_pooling: SessionPooling = "mean",
     ) -> None:
         super().__init__()
         if not isinstance(spec, FeatureSpec):
@@ -122,6 +126,7 @@ class CTRHost(nn.Module):
             num_heads=session_heads,
             feedforward_dim=session_feedforward_dim,
             dropout=session_dropout,
+            pooling=session_pooling,
         )
         self.session_dim = self.item_dim
 
@@ -160,7 +165,8 @@ class CTRHost(nn.Module):
     def encode_sessions(self, batch: CTRBatch) -> Tensor:
         """``h_sessions``, tensor of shape ``(B, K, 2 * embed_dim)``; zeros for missing sessions."""
         behaviours = self.embed_items(batch.session_items, batch.session_cates)
-        return self.session_encoder(behaviours, batch.session_item_mask)
+        target = self.embed_target(batch) if self.session_encoder.pooling == "target" else None
+        return self.session_encoder(behaviours, batch.session_item_mask, target)
 
     @abstractmethod
     def encode_long(self, batch: CTRBatch) -> Tensor:

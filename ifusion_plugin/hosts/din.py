@@ -10,7 +10,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import Activation, ActivationUnitAttention
+from .layers import SessionPooling, Activation, ActivationUnitAttention
 
 __all__ = ["DIN"]
 
@@ -25,7 +25,8 @@ class DIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout: see :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_pooling: see
+        :class:`~ifusion_plugin.hosts.CTRHost`.
         attention_hidden_dims: hidden widths of the activation unit (DIN and FuxiCTR: ``(64,)``).
         attention_activation: ``"prelu"`` (default), ``"relu"`` or ``"sigmoid"``.
         attention_softmax: normalise the activation-unit scores with a softmax (DIN does not).
@@ -43,6 +44,7 @@ class DIN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_pooling: SessionPooling = "mean",
         attention_hidden_dims: Sequence[int] = (64,),
         attention_activation: Activation = "prelu",
         attention_softmax: bool = False,
@@ -57,6 +59,7 @@ class DIN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_pooling=session_pooling,
         )
         self.attention = ActivationUnitAttention(
             self.item_dim, attention_hidden_dims, activation=attention_activation, use_softmax=attention_softmax

@@ -317,8 +317,11 @@ def gather_positions(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
+SessionPooling = Literal["mean", "target"]
+
+
 class SessionEncoder(nn.Module):
-    """The short-term encoder: one transformer encoder layer per session, then a masked mean.
+    """The short-term encoder: one transformer encoder layer per session, then a pooling.
 
     All ``B * K`` sessions go through one batched call with a key padding mask. A session with
     no behaviour would make attention over an empty set NaN: its rows are unmasked for the
@@ -331,10 +334,17 @@ class SessionEncoder(nn.Module):
         num_heads: attention heads of the encoder layer; must divide ``dim``.
         feedforward_dim: hidden width of the encoder layer's feed-forward block.
         dropout: dropout inside the encoder layer.
+        pooling: ``"mean"``: masked mean over each session's behaviours (the session vector
+            does not depend on the candidate); ``"target"``: target attention within each
+            session (DIN-style, one softmax per session over its behaviours, queried by a
+            projection of the candidate), so each session vector is candidate-aware, as the
+            short-term branch of SIM and TWIN in FuxiCTR.
 
     Call arguments:
         behaviours: tensor of shape ``(B, K, N, dim)``.
         mask: bool tensor of shape ``(B, K, N)``, True at real behaviours.
+        target: tensor of shape ``(B, dim)``, the candidate's features; required by
+            ``pooling="target"``, ignored otherwise.
 
     Returns:
         Tensor of shape ``(B, K, dim)``; zeros for empty sessions.
@@ -348,8 +358,11 @@ class SessionEncoder(nn.Module):
         num_heads: int = 2,
         feedforward_dim: int = 128,
         dropout: float = 0.0,
+        pooling: SessionPooling = "mean",
     ) -> None:
         super().__init__()
+        if pooling not in ("mean", "target"):
+            raise ValueError(f"session_pooling must be 'mean' or 'target', got {pooling!r}")
         for name, value in (("dim", dim), ("session_len", session_len), ("session_heads", num_heads), ("session_feedforward_dim", feedforward_dim)):
             _check_positive_int(name, value)
         if dim % num_heads != 0:
@@ -361,14 +374,24 @@ class SessionEncoder(nn.Module):
         self.layer = nn.TransformerEncoderLayer(
             dim, num_heads, dim_feedforward=feedforward_dim, dropout=dropout, batch_first=True
         )
+        self.pooling = pooling
+        self.target_query: Optional[nn.Linear] = nn.Linear(dim, dim) if pooling == "target" else None
 
-    def forward(self, behaviours: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, behaviours: Tensor, mask: Tensor, target: Optional[Tensor] = None) -> Tensor:
         batch, sessions, length, dim = behaviours.shape
         flat = behaviours.reshape(batch * sessions, length, dim) + self.position[-length:]
         flat_mask = mask.reshape(batch * sessions, length)
         present = flat_mask.any(dim=1, keepdim=True)
         padding = ~(flat_mask | ~present)  # empty sessions attend to everything (see docstring)
-        encoded = self.layer(flat, src_key_padding_mask=padding)
-        weights = flat_mask.to(encoded.dtype).unsqueeze(-1)
-        pooled = (encoded * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-        return pooled.view(batch, sessions, dim)
+        encoded = self.layer(flat, src_key_padding_mask=padding).view(batch, sessions, length, dim)
+        if self.target_query is None:
+            weights = mask.to(encoded.dtype).unsqueeze(-1)
+            return (encoded * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
+        if target is None:
+            raise ValueError("session_pooling='target' needs the candidate's features: pass target of shape (B, dim)")
+        query = self.target_query(target).view(batch, 1, 1, dim)
+        scores = (encoded * query).sum(dim=-1) / math.sqrt(dim)  # (B, K, N)
+        # An empty session's weights are all zero, so its vector is zero (the fusion is told
+        # by session_mask that it is missing).
+        attention = _masked_softmax(scores, mask, dim=-1)
+        return (attention.unsqueeze(-1) * encoded).sum(dim=2)

@@ -12,7 +12,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import MultiHeadTargetAttention, _check_positive_int, masked_topk
+from .layers import SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
 
 __all__ = ["SIM"]
 
@@ -40,7 +40,8 @@ class SIM(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout: see :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_pooling: see
+        :class:`~ifusion_plugin.hosts.CTRHost`.
         search: ``"soft"`` (default) or ``"hard"``.
         top_k: behaviours kept by the GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
@@ -63,6 +64,7 @@ class SIM(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_pooling: SessionPooling = "mean",
         search: SearchMode = "soft",
         top_k: int = 50,
         attention_dim: int = 64,
@@ -81,6 +83,7 @@ class SIM(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_pooling=session_pooling,
         )
         self.search = search
         self.top_k = top_k

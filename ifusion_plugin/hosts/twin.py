@@ -12,7 +12,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import MultiHeadTargetAttention, _check_positive_int, masked_topk
+from .layers import SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
 
 __all__ = ["TWIN"]
 
@@ -38,7 +38,8 @@ class TWIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout: see :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_pooling: see
+        :class:`~ifusion_plugin.hosts.CTRHost`.
         top_k: behaviours kept by the CP-GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
         num_heads: ESU heads (default 2); must divide ``attention_dim``.
@@ -61,6 +62,7 @@ class TWIN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_pooling: SessionPooling = "mean",
         top_k: int = 50,
         attention_dim: int = 64,
         num_heads: int = 2,
@@ -79,6 +81,7 @@ class TWIN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_pooling=session_pooling,
         )
         self.top_k = top_k
         self.cp_scoring = cp_scoring

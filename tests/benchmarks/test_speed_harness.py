@@ -22,11 +22,11 @@ def test_speed_quick(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
     inference = rows["inference"]
-    fusions = {"concat", "gate", "iFusion S=1", "iFusion S=2"}
+    fusions = {"concat", "gate", "iFusion S=1", "iFusion S=2", "iFusion S=1 h64"}
     assert {(r["batch"], r["fusion"]) for r in inference} == {(b, f) for b in (1, 8) for f in fusions}
     assert all(r["ms"] > 0 for r in inference)
     assert all(r["vs_concat"] == 1.0 for r in inference if r["fusion"] == "concat")
     training = rows["training"]
-    assert [r["fusion"] for r in training] == ["concat", "gate", "iFusion S=1"]
+    assert [r["fusion"] for r in training] == ["concat", "gate", "iFusion S=1", "iFusion S=1 h64"]
     assert all(r["samples_per_s"] > 0 and r["peak_rss_gib"] > 0.05 for r in training)
     assert "| eager | 8 | iFusion S=2 |" in result.stdout and "time per sample vs concat" in result.stdout

@@ -277,6 +277,40 @@ def test_session_encoder_empty_sessions_give_zeros_and_finite_gradients() -> Non
     assert torch.equal(behaviours.grad[1], torch.zeros_like(behaviours.grad[1]))
 
 
+def test_session_target_pooling_is_candidate_aware_and_ignores_padding() -> None:
+    torch.manual_seed(0)
+    encoder = SessionEncoder(8, 4, num_heads=2, feedforward_dim=16, pooling="target")
+    behaviours = torch.randn(2, 3, 4, 8)
+    mask = torch.tensor([[[False] * 4, [False, True, True, True], [True] * 4], [[True, True, False, False]] * 3])
+    target = torch.randn(2, 8)
+    pooled = encoder(behaviours, mask, target)
+    assert pooled.shape == (2, 3, 8) and torch.equal(pooled[0, 0], torch.zeros(8))
+    # Another candidate moves the session vectors (mean pooling would not).
+    assert not torch.allclose(pooled[:, 1:], encoder(behaviours, mask, torch.randn(2, 8))[:, 1:])
+    # Padded behaviours have no influence.
+    scrambled = torch.where(mask.unsqueeze(-1), behaviours, torch.randn_like(behaviours) * 10)
+    torch.testing.assert_close(encoder(scrambled, mask, target), pooled)
+    # A one-behaviour session's weight is 1 on it: the vector is that behaviour's encoding.
+    one = torch.zeros_like(mask)
+    one[:, :, 0] = True
+    mean_encoder = SessionEncoder(8, 4, num_heads=2, feedforward_dim=16, pooling="mean")
+    mean_encoder.load_state_dict({k: v for k, v in encoder.state_dict().items() if not k.startswith("target_query")})
+    torch.testing.assert_close(encoder(behaviours, one, target), mean_encoder(behaviours, one))
+    with pytest.raises(ValueError, match="needs the candidate"):
+        encoder(behaviours, mask)
+
+
+@pytest.mark.parametrize("host_name", list(HOSTS))
+def test_hosts_with_target_session_pooling(host_name: str) -> None:
+    torch.manual_seed(0)
+    host = HOSTS[host_name](SPEC, session_pooling="target")
+    batch = make_batch()
+    output = host(batch)
+    assert torch.isfinite(output.logits).all()
+    output.logits.sum().backward()
+    assert host.session_encoder.target_query.weight.grad.abs().sum() > 0
+
+
 def test_context_features_and_head_sees_long() -> None:
     spec = FeatureSpec(30, 60, 8, long_len=12, num_sessions=3, session_len=4, context_cardinalities=(5, 7))
     host = HOSTS["DIN"](spec, head_sees_long=True)
@@ -305,6 +339,7 @@ def test_context_features_and_head_sees_long() -> None:
         (lambda: DIN(SPEC, attention_hidden_dims=(0,)), "attention_hidden_dims"),
         (lambda: DIN(SPEC, attention_activation="tanh"), "attention_activation"),
         (lambda: AvgPoolDNN(SPEC, session_heads=3), "session_heads"),
+        (lambda: TWIN(SPEC, session_pooling="max"), "session_pooling"),
         (lambda: AvgPoolDNN(SPEC, head_dropout=1.0), "head_dropout"),
         (lambda: AvgPoolDNN(SPEC, fusion=42), "fusion"),
         (lambda: AvgPoolDNN(SPEC, fusion=lambda long_dim, session_dim: torch.nn.Linear(2, 2)), "fusion"),
