@@ -22,7 +22,6 @@ Outputs: ``<out>/ablations.md`` (tables), ``<out>/served.json`` and the plots
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
-from benchmarks.fusion_eval_knobs import evaluate
+from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule, set_knobs
 from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, load_runs, parse_metrics, run_key
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
@@ -106,12 +105,12 @@ def fit_command(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
 
 
 def train(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
-    """Run every (variant, seed) not yet in runs.jsonl; returns all runs by key."""
+    """Run every (variant, seed) not yet in runs.jsonl (none with ``--report-only``); returns all runs by key."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.jsonl"
     runs = load_runs(path)
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         for variant in variants:
             key = run_key(args.host, variant, seed)
             if key in runs:
@@ -132,35 +131,6 @@ def train(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
             runs[key] = row
             print(f"{key}: val AUC {metrics['val_auc']:.4f} ({row['wall_s']:.0f} s)", flush=True)
     return runs
-
-
-def load_recipe_datamodule(args: argparse.Namespace) -> Any:
-    """The data recipe's datamodule, built in this process (quick mode: the tiny synthetic set)."""
-    if args.data == "synthetic":
-        spec = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
-    else:
-        spec = yaml.safe_load((ROOT / "recipes" / "data" / f"{args.data}.yaml").read_text())["data"]
-    init = dict(spec.get("init_args", {}))
-    if args.data_root:
-        init["root"] = args.data_root
-    if args.quick:
-        for option in QUICK_OPTIONS:
-            name, _, value = option.partition("=")
-            if name.startswith(DATA):
-                init[name[len(DATA):]] = yaml.safe_load(value)
-    if "root" in init:
-        init["root"] = str((Path(args.cwd) / init["root"]).resolve())
-    module, _, name = spec["class_path"].rpartition(".")
-    datamodule = getattr(importlib.import_module(module), name)(**init)
-    datamodule.setup("validate")
-    return datamodule
-
-
-def set_serving(fusion: InterestFusion, *, sampling_steps: int, gamma_cp: float, gamma_tf: float, t_start: Optional[int]) -> None:
-    """Serve a trained InterestFusion with other settings (what its constructor would set)."""
-    fusion.gamma_cp, fusion.gamma_tf, fusion.t_start, fusion.sampling_steps = gamma_cp, gamma_tf, t_start, sampling_steps
-    top = fusion.schedule.num_steps if t_start is None else t_start
-    fusion.sampler = fusion.schedule.respace(sampling_steps, start_step=top - 1)
 
 
 def timed_evaluate(task: CTRTask, batches: list[CTRBatch]) -> tuple[float, float]:
@@ -207,12 +177,14 @@ def serve(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, Any]:
     steps = STEPS[:2] if args.quick else STEPS
     gammas = GAMMAS[1:3] if args.quick else GAMMAS
     t_starts = T_STARTS[:2] if args.quick else T_STARTS
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         key = str(seed)
         if key in served:
             continue
         if datamodule is None:
-            datamodule = load_recipe_datamodule(args)
+            quick = {name[len(DATA):]: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in QUICK_OPTIONS)
+                     if name.startswith(DATA)} if args.quick else {}
+            datamodule = load_recipe_datamodule(args.data, args.data_root, args.cwd, quick)
             batches = list(datamodule.val_dataloader())
 
         def load(variant: str) -> Optional[CTRTask]:
@@ -230,22 +202,22 @@ def serve(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, Any]:
             trained = dict(gamma_cp=fusion.gamma_cp, gamma_tf=fusion.gamma_tf, t_start=fusion.t_start)
             rows = []
             for s in steps:
-                set_serving(fusion, sampling_steps=s, **trained)
+                set_knobs(fusion, sampling_steps=s, **trained)
                 auc, speed = timed_evaluate(task, batches)
                 rows.append({"steps": s, "val_auc": auc, "samples_per_s": speed})
             result["steps"][variant] = rows
-            set_serving(fusion, sampling_steps=1, **trained)
+            set_knobs(fusion, sampling_steps=1, **trained)
             if variant == "default":
                 for gamma_cp in gammas:
                     for gamma_tf in gammas:
                         if gamma_cp + gamma_tf == 0:
                             continue
-                        set_serving(fusion, sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=trained["t_start"])
+                        set_knobs(fusion, sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=trained["t_start"])
                         result["gamma_grid"].append({"gamma_cp": gamma_cp, "gamma_tf": gamma_tf, "val_auc": evaluate(task, batches)[0]})
                 for t_start in t_starts:
-                    set_serving(fusion, sampling_steps=1, gamma_cp=trained["gamma_cp"], gamma_tf=trained["gamma_tf"], t_start=t_start)
+                    set_knobs(fusion, sampling_steps=1, gamma_cp=trained["gamma_cp"], gamma_tf=trained["gamma_tf"], t_start=t_start)
                     result["t_start"].append({"t_start": t_start, "val_auc": evaluate(task, batches)[0]})
-                set_serving(fusion, sampling_steps=1, **trained)
+                set_knobs(fusion, sampling_steps=1, **trained)
         for variant in ("default", "disentangle off"):
             task = load(variant)
             if task is not None:
@@ -356,7 +328,9 @@ def plots(args: argparse.Namespace, runs: dict[str, dict], served: dict[str, Any
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for variant in dict.fromkeys(v for v, _ in steps):
             xs = sorted(s for v, s in steps if v == variant)
-            ax.plot(xs, [statistics.fmean(steps[variant, s]) for s in xs], marker="o", label=variant)
+            label = {"default": "cosine (default)", "schedule=linear": "linear",
+                     "consistency off": "cosine, no consistency loss"}.get(variant, variant)
+            ax.plot(xs, [statistics.fmean(steps[variant, s]) for s in xs], marker="o", label=label)
         ax.set_xlabel("sampling steps S")
         ax.set_ylabel("val AUC")
         ax.legend()
@@ -374,6 +348,7 @@ def plots(args: argparse.Namespace, runs: dict[str, dict], served: dict[str, Any
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("number of sessions K (20 short-term behaviours)")
     ax.set_ylabel("val AUC")
     ax.legend()
@@ -418,6 +393,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(default benchmarks/out/ablations-<data>-<host>)")
     parser.add_argument("--cwd", default=str(ROOT), help="working directory of the runs (data paths are relative to it)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the served evaluations")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and serve nothing: tables and plots from the runs already in --out (missing seeds are left out)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic runs of a few variants: checks the harness (CI)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -1,32 +1,68 @@
-"""Validation AUC of a trained host + InterestFusion checkpoint under other serving settings.
+"""AUC of trained host + InterestFusion checkpoints under other serving settings.
 
-Re-evaluates one checkpoint on the validation split (never test) with the serving-time knobs
-of InterestFusion changed one at a time: the guidance scales and the start step ``t_start``.
+``--ckpt``: one checkpoint on the validation split, with the serving-time knobs of
+InterestFusion changed one at a time (the guidance scales, the start step ``t_start``).
+``--runs``: every iFusion checkpoint of a quality sweep (``benchmarks/out/quality-*/runs.jsonl``)
+served with each ``t_start`` x ``sampling_steps``, mean +- std over seeds per host, on
+``--split valid`` (where defaults are chosen) or ``--split test`` (to report a chosen default).
 Nothing is retrained, so the rows differ only by how the same weights are served; this is how
-the defaults of the recipes were chosen (BENCHMARKS.md).
+the serving defaults were chosen (BENCHMARKS.md).
 
-    python -m ifusion_plugin.cli fit --config recipes/twin.yaml --config recipes/data/movielens-1m.yaml
     python benchmarks/fusion_eval_knobs.py --ckpt logs/lightning_logs/version_0/checkpoints/<best>.ckpt \
         --data-root ../shared/data/movielens-1m
+    python benchmarks/fusion_eval_knobs.py --runs benchmarks/out/quality-movielens-1m/runs.jsonl \
+        --t-start 10 100 300 --sampling-steps 1 2 --split valid
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import importlib
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+import yaml
 from torchmetrics.functional.classification import binary_auroc
 
 from ifusion_plugin.data import MovieLens1MDataModule
 from ifusion_plugin.fusion import InterestFusion
 from ifusion_plugin.task import CTRTask
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def set_knobs(fusion: InterestFusion, gamma_cp: float, gamma_tf: float, t_start: Optional[int]) -> None:
+
+def set_knobs(
+    fusion: InterestFusion, gamma_cp: float, gamma_tf: float, t_start: Optional[int], sampling_steps: Optional[int] = None
+) -> None:
+    """Serve a trained InterestFusion with other settings (what its constructor would set);
+    ``sampling_steps=None`` keeps the current number of steps."""
+    if sampling_steps is not None:
+        fusion.sampling_steps = sampling_steps
     fusion.gamma_cp, fusion.gamma_tf, fusion.t_start = gamma_cp, gamma_tf, t_start
     top = fusion.schedule.num_steps if t_start is None else t_start
     fusion.sampler = fusion.schedule.respace(fusion.sampling_steps, start_step=top - 1)
+
+
+def load_recipe_datamodule(data: str, data_root: Optional[str], cwd: str, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """The datamodule of ``recipes/data/<data>.yaml`` (``synthetic``: the recipes' default data),
+    built in this process with ``root`` replaced by ``data_root`` when given, relative roots
+    resolved from ``cwd``, and ``overrides`` applied to its init_args; set up for evaluation."""
+    if data == "synthetic":
+        spec = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
+    else:
+        spec = yaml.safe_load((ROOT / "recipes" / "data" / f"{data}.yaml").read_text())["data"]
+    init = {**spec.get("init_args", {}), **(overrides or {})}
+    if data_root:
+        init["root"] = data_root
+    if "root" in init:
+        init["root"] = str((Path(cwd) / init["root"]).resolve())
+    module, _, name = spec["class_path"].rpartition(".")
+    datamodule = getattr(importlib.import_module(module), name)(**init)
+    datamodule.setup("validate")
+    return datamodule
 
 
 def evaluate(task: CTRTask, batches: list) -> tuple[float, float]:
@@ -41,21 +77,56 @@ def evaluate(task: CTRTask, batches: list) -> tuple[float, float]:
     return binary_auroc(p, y.long()).item(), logloss
 
 
+def serve_grid(args: argparse.Namespace) -> None:
+    """Every iFusion checkpoint of a quality sweep (``--runs``) served with each (``t_start``,
+    ``sampling_steps``) on ``--split``: AUC mean +- std over the seeds, per host."""
+    runs = [json.loads(line) for line in Path(args.runs).read_text().splitlines() if line.strip()]
+    runs = [r for r in runs if r["fusion"] == "ifusion" and r.get("checkpoint")]
+    data = load_recipe_datamodule(
+        args.data, args.data_root, str(ROOT), {"eval_batch_size": 2048, **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
+    )
+    batches = list(data.val_dataloader() if args.split == "valid" else data.test_dataloader())
+    settings = [(t, s) for s in args.sampling_steps for t in [None, *args.t_start]]
+    results: dict[tuple[str, Optional[int], int], list[float]] = {}
+    for run in runs:
+        task = CTRTask.load_from_checkpoint(run["checkpoint"], map_location="cpu").eval()
+        fusion = task.host.fusion
+        trained = (fusion.gamma_cp, fusion.gamma_tf)
+        for t_start, steps in settings:
+            set_knobs(fusion, *trained, t_start, steps)
+            results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches)[0])
+    print(f"{args.split} AUC of the iFusion checkpoints in {args.runs} (mean +- std over seeds)\n")
+    print("| host | t_start | S | seeds | AUC | vs t_start None, same S |\n|---|---|---|---|---|---|")
+    for (host, t_start, steps), aucs in results.items():
+        base = statistics.fmean(results[host, None, steps])
+        std = statistics.stdev(aucs) if len(aucs) > 1 else float("nan")
+        print(f"| {host} | {t_start} | {steps} | {len(aucs)} | {statistics.fmean(aucs):.4f} +- {std:.4f} | "
+              f"{statistics.fmean(aucs) - base:+.4f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="checkpoint of a CTRTask whose host uses InterestFusion")
-    parser.add_argument("--data-root", default="../shared/data/movielens-1m")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint of a CTRTask whose host uses InterestFusion")
+    source.add_argument("--runs", help="runs.jsonl of `python -m benchmarks.quality`: every iFusion checkpoint in it")
+    parser.add_argument("--data", default="movielens-1m", help="with --runs: the data recipe the sweep used (recipes/data/<name>.yaml)")
+    parser.add_argument("--data-root", default=None, help="override the data recipe's root (--ckpt: default ../shared/data/movielens-1m)")
     parser.add_argument("--cache-dir", default=None, help="dataset cache (default: $IFUSION_CACHE_DIR or ~/.cache)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--t-start", type=int, nargs="*", default=[10, 100, 300, 600])
+    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[1], help="with --runs: S values to serve")
+    parser.add_argument("--split", choices=("valid", "test"), default="valid", help="with --runs: the split scored")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.runs:
+        serve_grid(args)
+        return
 
     task = CTRTask.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     fusion = task.host.fusion
     if not isinstance(fusion, InterestFusion):
         raise ValueError(f"--ckpt must hold a host with InterestFusion, got {type(fusion).__name__}")
-    data = MovieLens1MDataModule(root=args.data_root, cache_dir=args.cache_dir, eval_batch_size=2048)
+    data = MovieLens1MDataModule(root=args.data_root or "../shared/data/movielens-1m", cache_dir=args.cache_dir, eval_batch_size=2048)
     data.setup("validate")
     batches = list(data.val_dataloader())
 

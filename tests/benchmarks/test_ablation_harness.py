@@ -60,3 +60,16 @@ def test_ablations_quick_and_resume(tmp_path) -> None:
     again = ablations(out)
     assert again.returncode == 0 and "val AUC" not in again.stdout.split("TWIN + iFusion on")[0]
     assert ((out / "runs.jsonl").read_text(), (out / "served.json").read_text()) == before
+
+
+def test_report_only_trains_and_serves_nothing(tmp_path, monkeypatch) -> None:
+    from benchmarks import ablations as module
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("--report-only started a run")
+
+    monkeypatch.setattr(module.subprocess, "run", no_subprocess)
+    args = parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "--report-only"])
+    runs = module.train(args, args.variants)
+    assert runs == {} and module.serve(args, runs) == {}
+    assert "| variant | seeds |" in module.trained_table(args, runs, args.variants)
