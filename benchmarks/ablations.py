@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule, set_knobs
-from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, load_runs, parse_metrics, run_key
+from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, cli_fit_command, load_runs, parse_metrics, run_key
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
 from ifusion_plugin.fusion import InterestFusion
@@ -89,18 +89,8 @@ def option_list(prefix: str, options: dict[str, Any]) -> list[str]:
 
 def fit_command(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
     fusion_options, data_options = TRAINED[variant]
-    cmd = [sys.executable, "-m", "ifusion_plugin.cli", "fit", "--config", str(ROOT / "recipes" / f"{args.host}.yaml")]
-    if args.data != "synthetic":
-        cmd += ["--config", str(ROOT / "recipes" / "data" / f"{args.data}.yaml")]
-    if args.data_root:
-        cmd += [f"{DATA}root", args.data_root]
     safe = "".join(c if c.isalnum() else "_" for c in variant)
-    cmd += ["--run_test", "false", "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(Path(args.out) / "logs"),
-            "--trainer.logger.init_args.name", f"{safe}-seed{seed}",
-            "--trainer.default_root_dir", str(Path(args.out) / "logs")]
-    if args.quick:
-        cmd += QUICK_OPTIONS
+    cmd = cli_fit_command(args, args.host, seed, f"{safe}-seed{seed}", run_test=False)
     return cmd + option_list(FUSION, fusion_options) + option_list(DATA, data_options)
 
 
@@ -290,6 +280,20 @@ def served_tables(served: dict[str, Any], seeds: list[int]) -> str:
     return "\n".join(parts)
 
 
+def _save_line_plot(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
+    """Label a validation-AUC line plot, write it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("val AUC")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(args: argparse.Namespace, runs: dict[str, dict], served: dict[str, Any], variants: list[str]) -> list[Path]:
     import matplotlib
 
@@ -331,14 +335,7 @@ def plots(args: argparse.Namespace, runs: dict[str, dict], served: dict[str, Any
             label = {"default": "cosine (default)", "schedule=linear": "linear",
                      "consistency off": "cosine, no consistency loss"}.get(variant, variant)
             ax.plot(xs, [statistics.fmean(steps[variant, s]) for s in xs], marker="o", label=label)
-        ax.set_xlabel("sampling steps S")
-        ax.set_ylabel("val AUC")
-        ax.legend()
-        ax.set_title("Sampling steps x schedule (served)")
-        fig.tight_layout()
-        written.append(out / "fig_steps.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save_line_plot(fig, ax, out / "fig_steps.png", "sampling steps S", "Sampling steps x schedule (served)"))
 
     ks = sorted({int(v.split(",")[0][2:]) for v in variants if v.startswith("K=")} | {4})
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -349,14 +346,7 @@ def plots(args: argparse.Namespace, runs: dict[str, dict], served: dict[str, Any
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("number of sessions K (20 short-term behaviours)")
-    ax.set_ylabel("val AUC")
-    ax.legend()
-    ax.set_title("AR vs NAR over K")
-    fig.tight_layout()
-    written.append(out / "fig_sessions.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save_line_plot(fig, ax, out / "fig_sessions.png", "number of sessions K (20 short-term behaviours)", "AR vs NAR over K"))
 
     grid = _collect(served, args.seeds, lambda r: [((g["gamma_cp"], g["gamma_tf"]), g["val_auc"]) for g in r.get("gamma_grid", [])])
     if grid:

@@ -46,20 +46,23 @@ def run_key(host: str, fusion: str, seed: int) -> str:
     return f"{host}/{fusion}/{seed}"
 
 
-def command(args: argparse.Namespace, host: str, fusion: str, seed: int) -> list[str]:
-    cmd = [sys.executable, "-m", "ifusion_plugin.cli", "fit",
-           "--config", str(ROOT / "recipes" / f"{host}{FUSIONS[fusion]}.yaml")]
+def cli_fit_command(args: argparse.Namespace, recipe: str, seed: int, name: str, run_test: bool) -> list[str]:
+    """``python -m ifusion_plugin.cli fit`` of ``recipes/<recipe>.yaml`` on ``args.data``, seeded,
+    logging under ``<args.out>/logs/<name>`` (``--quick``: the tiny synthetic options)."""
+    cmd = [sys.executable, "-m", "ifusion_plugin.cli", "fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml")]
     if args.data != "synthetic":
         cmd += ["--config", str(ROOT / "recipes" / "data" / f"{args.data}.yaml")]
     if args.data_root:
         cmd += ["--data.init_args.root", args.data_root]
-    cmd += ["--run_test", "true", "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
+    cmd += ["--run_test", str(run_test).lower(), "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(Path(args.out) / "logs"),
-            "--trainer.logger.init_args.name", f"{host}-{fusion}-seed{seed}",
+            "--trainer.logger.init_args.name", name,
             "--trainer.default_root_dir", str(Path(args.out) / "logs")]
-    if args.quick:
-        cmd += QUICK_OPTIONS
-    return cmd + list(args.extra)
+    return cmd + (QUICK_OPTIONS if args.quick else [])
+
+
+def command(args: argparse.Namespace, host: str, fusion: str, seed: int) -> list[str]:
+    return cli_fit_command(args, f"{host}{FUSIONS[fusion]}", seed, f"{host}-{fusion}-seed{seed}", True) + list(args.extra)
 
 
 def parse_metrics(stdout: str) -> dict[str, float]:
