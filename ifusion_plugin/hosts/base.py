@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -162,10 +162,15 @@ class CTRHost(nn.Module):
         """Long-sequence features, tensor of shape ``(B, L, 2 * embed_dim)`` (zeros at padding)."""
         return self.embed_items(batch.long_items, batch.long_cates)
 
-    def encode_sessions(self, batch: CTRBatch) -> Tensor:
-        """``h_sessions``, tensor of shape ``(B, K, 2 * embed_dim)``; zeros for missing sessions."""
+    def encode_sessions(self, batch: CTRBatch, target: Optional[Tensor] = None) -> Tensor:
+        """``h_sessions``, tensor of shape ``(B, K, 2 * embed_dim)``; zeros for missing sessions.
+
+        ``target`` (``(B, 2 * embed_dim)``, :meth:`embed_target`) saves its recomputation when the
+        caller has it; only ``session_pooling="target"`` reads it.
+        """
         behaviours = self.embed_items(batch.session_items, batch.session_cates)
-        target = self.embed_target(batch) if self.session_encoder.pooling == "target" else None
+        if self.session_encoder.pooling == "target" and target is None:
+            target = self.embed_target(batch)
         return self.session_encoder(behaviours, batch.session_item_mask, target)
 
     @abstractmethod
@@ -180,7 +185,7 @@ class CTRHost(nn.Module):
     def forward(self, batch: CTRBatch) -> HostOutput:
         target = self.embed_target(batch)
         h_long = self.encode_long(batch)
-        h_sessions = self.encode_sessions(batch)
+        h_sessions = self.encode_sessions(batch, target)
         fusion_output = self.fusion(h_long, h_sessions, session_mask=batch.session_mask, long_mask=batch.has_long)
         parts = [fusion_output.fused, target, self.user_embedding(batch.user)]
         if len(self.context_embeddings) > 0:
