@@ -1,15 +1,29 @@
 """The AUC table: every host x fusion layer, several seeds, one epoch, through the CLI recipes.
 
 Each run is ``python -m ifusion_plugin.cli fit --config recipes/<host><fusion>.yaml --config
-recipes/data/<data>.yaml --run_test true --seed_everything <seed>`` in a subprocess; its final
-metrics are appended to ``<out>/runs.jsonl`` as soon as it ends, so an interrupted sweep resumes
-where it stopped (finished runs are never repeated or lost). The table gives test AUC, GAUC and
-logloss as mean +- sample std over seeds, RelaImpr (eq. 20) of the mean AUC against
-AvgPoolDNN + concat, and the training throughput. Seeds change the model initialisation and the
+recipes/data/<data>.yaml --run_test true --seed_everything <seed>`` in a subprocess, then
+``predict`` of its best checkpoint on the test split; its final metrics, the commit and the
+command are appended to ``<out>/runs.jsonl`` as soon as it ends and its resolved config is
+copied to ``<out>/configs/``, so an interrupted sweep resumes where it stopped (finished runs
+are never repeated or lost). Test predictions stay under ``--predictions`` (not committed).
+
+The table gives test AUC, GAUC and logloss as mean +- sample std over seeds, RelaImpr (eq. 20)
+of the mean AUC against AvgPoolDNN + concat, the training throughput, and for every fusion
+other than concat the paired test-AUC difference against concat of the same host on the same
+test rows, with a 95 % user-bootstrap interval (:mod:`ifusion_plugin.paired`: seed ``s`` is
+paired with concat's seed ``s``, the statistic is the mean over seeds of the per-seed
+difference, users are resampled with replacement); "better" means the whole interval lies above
+zero. Beside it: the popularity-only test AUC of the data (:mod:`ifusion_plugin.data.popularity`),
+flagged when it lies outside [0.40, 0.60]. Seeds change the model initialisation and the
 training order; the data (negatives, splits) stay fixed by the data recipe.
 
-    python -m benchmarks.quality --data movielens-1m --seeds 0 1 2            # the full table
+The committed raw results are ``runs.jsonl``, ``paired.json``, ``popularity.json`` and
+``configs/``; ``--report`` rebuilds ``table.md`` from them alone (and recomputes ``paired.json``
+when the predictions are at hand).
+
+    python -m benchmarks.quality --data movielens-1m --seeds 0 1 2 3 4        # the full table
     python -m benchmarks.quality --data movielens-1m --hosts twin --fusions concat ifusion
+    python -m benchmarks.quality --report --out benchmarks/results/quality-movielens-1m
     python -m benchmarks.quality --quick                                       # CI: seconds
 """
 
@@ -17,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,13 +40,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ifusion_plugin.metrics import rela_impr
+from ifusion_plugin.paired import paired_auc_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = ("avgpool", "din", "sim", "twin")
 HOST_NAMES = {"avgpool": "AvgPoolDNN", "din": "DIN", "sim": "SIM", "twin": "TWIN"}
 FUSIONS = {"concat": "_concat", "gate": "_gate", "ifusion": ""}
-DATA = ("movielens-1m", "amazon-grocery", "taobao", "amazon-books-dien", "ml1m-peer", "synthetic")
+DATA = ("movielens-1m", "amazon-grocery", "yelp-multibehavior", "taobao-multibehavior", "taobao", "amazon-books-dien",
+        "ml1m-peer", "synthetic")
+#: Outside [1 - this, this] a popularity-only AUC flags a set that measures popularity.
+POPULARITY_FLAG = 0.60
 METRIC_LINE = re.compile(r"^(test_auc|test_gauc|test_logloss|val_auc|train_samples_per_s|train_epoch_s|train_peak_rss_gib)\s+(-?[\d.]+)\s*$")
 QUICK_OPTIONS = [
     "--data.init_args.num_users=60", "--data.init_args.num_items=80", "--data.init_args.history_len=30",
@@ -46,6 +66,11 @@ def run_key(host: str, fusion: str, seed: int) -> str:
     return f"{host}/{fusion}/{seed}"
 
 
+def logs_dir(args: argparse.Namespace) -> str:
+    """Where runs log and checkpoint: ``--logs``, else ``<out>/logs`` (never committed)."""
+    return str(getattr(args, "logs", None) or Path(args.out) / "logs")
+
+
 def cli_fit_command(args: argparse.Namespace, recipe: str, seed: int, name: str, run_test: bool) -> list[str]:
     """``python -m ifusion_plugin.cli fit`` of ``recipes/<recipe>.yaml`` on ``args.data``, seeded,
     logging under ``<args.out>/logs/<name>`` (``--quick``: the tiny synthetic options)."""
@@ -55,9 +80,9 @@ def cli_fit_command(args: argparse.Namespace, recipe: str, seed: int, name: str,
     if args.data_root:
         cmd += ["--data.init_args.root", args.data_root]
     cmd += ["--run_test", str(run_test).lower(), "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(Path(args.out) / "logs"),
+            "--trainer.logger.init_args.save_dir", logs_dir(args),
             "--trainer.logger.init_args.name", name,
-            "--trainer.default_root_dir", str(Path(args.out) / "logs")]
+            "--trainer.default_root_dir", logs_dir(args)]
     return cmd + (QUICK_OPTIONS if args.quick else [])
 
 
@@ -86,9 +111,34 @@ def load_runs(path: Path) -> dict[str, dict]:
     return runs
 
 
+def commit() -> str:
+    """The checked-out commit, with ``+dirty`` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def predictions_path(args: argparse.Namespace, key: str) -> Path:
+    return Path(args.predictions) / (key.replace("/", "-") + ".parquet")
+
+
+def predict_command(args: argparse.Namespace, fit_cmd: list[str], checkpoint: str, key: str) -> list[str]:
+    """``predict`` of ``checkpoint`` on the test split with the fit's own configs and options."""
+    configs: list[str] = []
+    for i, part in enumerate(fit_cmd):
+        if part == "--config":
+            configs += ["--config", fit_cmd[i + 1]]
+    data_root = ["--data.init_args.root", args.data_root] if args.data_root else []
+    extra = [o for o in list(args.extra) + (QUICK_OPTIONS if args.quick else []) if not o.startswith("--trainer.limit_train")]
+    return [sys.executable, "-m", "ifusion_plugin.cli", "predict", *configs, *data_root, *extra,
+            "--ckpt_path", checkpoint, "--predict_split", "test", "--predictions_path", str(predictions_path(args, key)),
+            "--overwrite_predictions", "true", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+
+
 def sweep(args: argparse.Namespace) -> dict[str, dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    Path(args.predictions).mkdir(parents=True, exist_ok=True)
     path = out / "runs.jsonl"
     runs = load_runs(path)
     for seed in args.seeds:
@@ -107,8 +157,19 @@ def sweep(args: argparse.Namespace) -> dict[str, dict]:
                 if missing:
                     raise RuntimeError(f"{key}: no {sorted(missing)} in the CLI output")
                 restored = re.findall(r"Restoring states from the checkpoint path at (\S+)", result.stdout + result.stderr)
-                row = {"host": host, "fusion": fusion, "seed": seed, "data": args.data, "wall_s": time.time() - start,
-                       "command": " ".join(cmd[1:]), "checkpoint": restored[-1] if restored else None, **metrics}
+                checkpoint = str(Path(args.cwd) / restored[-1]) if restored else None
+                if checkpoint is None:
+                    raise RuntimeError(f"{key}: the CLI output names no tested checkpoint")
+                predicted = subprocess.run(predict_command(args, cmd, checkpoint, key), cwd=args.cwd, capture_output=True, text=True)
+                if predicted.returncode != 0:
+                    raise RuntimeError(f"{key}: predict failed:\n{predicted.stderr[-3000:]}")
+                config = Path(checkpoint).parents[1] / "config.yaml"
+                if config.exists():
+                    (out / "configs").mkdir(exist_ok=True)
+                    shutil.copyfile(config, out / "configs" / f"{host}-{fusion}-seed{seed}.yaml")
+                row = {"host": host, "fusion": fusion, "seed": seed, "data": args.data, "wall_s": round(time.time() - start, 1),
+                       "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+                       "command": " ".join(["python"] + cmd[1:]).replace(str(ROOT) + "/", ""), **metrics}
                 with open(path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 runs[key] = row
@@ -116,11 +177,69 @@ def sweep(args: argparse.Namespace) -> dict[str, dict]:
     return runs
 
 
+def read_predictions(args: argparse.Namespace, key: str) -> Optional[dict[str, np.ndarray]]:
+    import pyarrow.parquet as pq
+
+    path = predictions_path(args, key)
+    if not path.exists():
+        return None
+    table = pq.read_table(path, columns=["row", "user", "label", "prob"]).sort_by("row")
+    return {name: table[name].to_numpy() for name in ("row", "user", "label", "prob")}
+
+
+def paired(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, dict]:
+    """Per host and non-concat fusion: the paired difference against concat over the common seeds
+    whose predictions exist (``{}`` entries are left out)."""
+    results: dict[str, dict] = {}
+    for host in args.hosts:
+        for fusion in args.fusions:
+            if fusion == "concat":
+                continue
+            seeds = [s for s in args.seeds if run_key(host, fusion, s) in runs and run_key(host, "concat", s) in runs]
+            pairs = [(read_predictions(args, run_key(host, "concat", s)), read_predictions(args, run_key(host, fusion, s))) for s in seeds]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not pairs:
+                continue
+            first = pairs[0][0]
+            for a, b in pairs:
+                if not (np.array_equal(a["row"], first["row"]) and np.array_equal(b["row"], first["row"])
+                        and np.array_equal(a["label"], first["label"]) and np.array_equal(b["label"], first["label"])):
+                    raise RuntimeError(f"{host}/{fusion}: predictions of different test rows cannot be paired")
+            result = paired_auc_difference(first["label"], np.stack([a["prob"] for a, _ in pairs]),
+                                           np.stack([b["prob"] for _, b in pairs]), first["user"], replicates=args.replicates)
+            results[f"{host}/{fusion}"] = {"diff": result.diff, "low": result.low, "high": result.high, "level": result.level,
+                                          "seeds": result.seeds, "replicates": result.replicates}
+    return results
+
+
+def popularity(args: argparse.Namespace) -> dict[str, float]:
+    """Popularity-only valid and test AUC of the data the runs use (the data recipe + root)."""
+    cmd = [sys.executable, "-m", "ifusion_plugin.data.popularity"]
+    if args.data == "synthetic":
+        import yaml
+
+        recipe = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
+        cmd += ["--data", recipe["class_path"]] + [f"--data.init_args.{k}={v}" for k, v in recipe.get("init_args", {}).items()]
+    else:
+        cmd += ["--config", str(ROOT / "recipes" / "data" / f"{args.data}.yaml")]
+    if args.data_root:
+        cmd += ["--data.init_args.root", args.data_root]
+    cmd += [o for o in args.extra if o.startswith("--data.")]
+    if args.quick:
+        cmd += [o for o in QUICK_OPTIONS if o.startswith("--data.")]
+    result = subprocess.run(cmd, cwd=args.cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"popularity baseline failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
+    found = dict(re.findall(r"popularity-only (valid|test) AUC ([\d.]+)", result.stdout))
+    return {split: float(value) for split, value in found.items()}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def table(runs: dict[str, dict], hosts: list[str], fusions: list[str], seeds: list[int]) -> str:
+def table(runs: dict[str, dict], hosts: list[str], fusions: list[str], seeds: list[int],
+          paired_results: Optional[dict[str, dict]] = None) -> str:
     cells = {}
     for host in hosts:
         for fusion in fusions:
@@ -130,8 +249,8 @@ def table(runs: dict[str, dict], hosts: list[str], fusions: list[str], seeds: li
     base = cells.get(("avgpool", "concat"))
     base_auc = statistics.fmean(r["test_auc"] for r in base) if base else None
     lines = [
-        "| host | fusion | seeds | test AUC | test GAUC | test logloss | RelaImpr vs AvgPoolDNN + concat | val AUC | train samples/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| host | fusion | seeds | test AUC | paired diff vs concat [95 % CI] | test GAUC | test logloss | RelaImpr vs AvgPoolDNN + concat | val AUC | train samples/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (host, fusion), rows in cells.items():
         auc, auc_sd = mean_std([r["test_auc"] for r in rows])
@@ -141,8 +260,16 @@ def table(runs: dict[str, dict], hosts: list[str], fusions: list[str], seeds: li
         speed = statistics.fmean(r.get("train_samples_per_s", float("nan")) for r in rows)
         # RelaImpr is defined against a base better than chance only.
         rel = "-" if base_auc is None or base_auc <= 0.5 else f"{rela_impr(auc, base_auc):+.2f} %"
+        pair = (paired_results or {}).get(f"{host}/{fusion}")
+        if fusion == "concat":
+            pair_text = "(base)"
+        elif pair is None:
+            pair_text = "-"
+        else:
+            verdict = "better" if pair["low"] > 0 else ("worse" if pair["high"] < 0 else "within noise")
+            pair_text = f"{pair['diff']:+.4f} [{pair['low']:+.4f}, {pair['high']:+.4f}] {verdict} ({pair['seeds']} seeds)"
         lines.append(
-            f"| {HOST_NAMES[host]} | {fusion} | {len(rows)} | {auc:.4f} +- {auc_sd:.4f} | {gauc:.4f} +- {gauc_sd:.4f} "
+            f"| {HOST_NAMES[host]} | {fusion} | {len(rows)} | {auc:.4f} +- {auc_sd:.4f} | {pair_text} | {gauc:.4f} +- {gauc_sd:.4f} "
             f"| {ll:.4f} +- {ll_sd:.4f} | {rel} | {val:.4f} | {speed:,.0f} |"
         )
     return "\n".join(lines)
@@ -158,22 +285,59 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", help="directory of runs.jsonl, logs and table.md (default benchmarks/out/quality-<data>)")
     parser.add_argument("--cwd", default=str(ROOT), help="working directory of the runs (data paths are relative to it)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic runs of two hosts: checks the harness (CI)")
+    parser.add_argument("--predictions", help="directory of the runs' test predictions (default <out>/../../out/predictions-<name>)")
+    parser.add_argument("--logs", help="logs and checkpoints of the runs (default benchmarks/out/logs-<name>; not committed)")
+    parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of the paired intervals")
+    parser.add_argument("--report", action="store_true", help="rebuild table.md from the raw results in --out; run nothing")
     parser.add_argument("extra", nargs="*", help="further CLI options for every run, after --")
     args = parser.parse_args(argv)
     if args.quick:
         args.data, args.hosts, args.fusions, args.seeds = "synthetic", ["avgpool", "twin"], ["concat", "ifusion"], [0, 1]
     if args.out is None:
-        args.out = str(ROOT / "benchmarks" / "out" / f"quality-{args.data}")
+        args.out = str(ROOT / "benchmarks" / ("out" if args.quick else "results") / f"quality-{args.data}")
+    if args.logs is None:
+        args.logs = str(ROOT / "benchmarks" / "out" / f"logs-{Path(args.out).name}")
+    if args.predictions is None:
+        args.predictions = str(ROOT / "benchmarks" / "out" / f"predictions-{Path(args.out).name}")
     return args
+
+
+def popularity_line(values: dict[str, float]) -> str:
+    test = values.get("test")
+    if test is None:
+        return "Popularity-only test AUC: not measured"
+    flag = max(test, 1 - test) > POPULARITY_FLAG
+    note = (f" (outside [{1 - POPULARITY_FLAG:.2f}, {POPULARITY_FLAG:.2f}]: this set measures popularity, not personalisation)"
+            if flag else "")
+    return f"Popularity-only test AUC: {test:.4f}{note}"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    runs = sweep(args)
-    text = table(runs, args.hosts, args.fusions, args.seeds)
-    header = f"Data: {args.data}; seeds {args.seeds}; one epoch; {time.strftime('%Y-%m-%d')}\n\n"
-    with open(os.path.join(args.out, "table.md"), "w") as handle:
-        handle.write(header + text + "\n")
+    out = Path(args.out)
+    if args.report:
+        runs = load_runs(out / "runs.jsonl")
+        if not runs:
+            raise SystemExit(f"--report: no runs in {out / 'runs.jsonl'}")
+        args.hosts = [h for h in HOSTS if any(r["host"] == h for r in runs.values())]
+        args.fusions = [f for f in FUSIONS if any(r["fusion"] == f for r in runs.values())]
+        args.seeds = sorted({r["seed"] for r in runs.values()})
+        args.data = next(iter(runs.values()))["data"]
+    else:
+        runs = sweep(args)
+    pairs_path, popularity_path = out / "paired.json", out / "popularity.json"
+    computed = paired(args, runs)
+    if computed or not pairs_path.exists():
+        pairs_path.write_text(json.dumps(computed, indent=1) + "\n")
+    pairs = json.loads(pairs_path.read_text())
+    if not args.report and not popularity_path.exists():
+        popularity_path.write_text(json.dumps(popularity(args), indent=1) + "\n")
+    pop = json.loads(popularity_path.read_text()) if popularity_path.exists() else {}
+    text = table(runs, args.hosts, args.fusions, args.seeds, pairs)
+    commits = sorted({r.get("commit", "?") for r in runs.values()})
+    header = (f"Data: {args.data}; seeds {args.seeds}; one epoch; commit(s) {', '.join(commits)}; "
+              f"{time.strftime('%Y-%m-%d')}\n{popularity_line(pop)}\n\n")
+    (out / "table.md").write_text(header + text + "\n")
     print("\n" + header + text)
 
 

@@ -37,6 +37,9 @@ class FeatureSpec:
         session_len: ``N``, behaviours per session.
         context_cardinalities: vocabulary size of each extra categorical column given to the
             head as a user/context feature (empty when there are none).
+        num_behaviors: size of the behaviour-type vocabulary of the session behaviours
+            (padding and OOV included, so at least 2 when used), or ``0`` for sources without
+            behaviour types (batches then carry no ``session_behaviors``).
     """
 
     num_users: int
@@ -46,6 +49,7 @@ class FeatureSpec:
     num_sessions: int
     session_len: int
     context_cardinalities: tuple[int, ...] = ()
+    num_behaviors: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_users", "num_items", "num_cates"):
@@ -57,10 +61,16 @@ class FeatureSpec:
             if value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value}")
         object.__setattr__(self, "context_cardinalities", tuple(int(c) for c in self.context_cardinalities))
+        if self.num_behaviors != 0 and self.num_behaviors < FIRST_ID:
+            raise ValueError(
+                f"num_behaviors must be 0 (no behaviour types) or at least {FIRST_ID} (padding and OOV included), "
+                f"got {self.num_behaviors}"
+            )
 
 
 #: Column names of a stored sample (the Arrow cache) and their per-sample shapes, in terms of
-#: the :class:`FeatureSpec`. ``context`` is present only when the spec has context columns.
+#: the :class:`FeatureSpec`. Two optional columns follow them: ``context`` ``(C,)`` when the spec
+#: has context columns and ``session_behaviors`` ``(K, N)`` when it has behaviour types.
 SAMPLE_COLUMNS: dict[str, str] = {
     "user": "()",
     "target_item": "()",
@@ -90,6 +100,11 @@ class CTRBatch:
         session_cates: long tensor of shape ``(B, K, N)``, their categories.
         label: float tensor of shape ``(B,)`` with values in {0, 1}.
         context: optional long tensor of shape ``(B, C)``, extra categorical features for the head.
+        session_behaviors: optional long tensor of shape ``(B, K, N)``, the behaviour type of each
+            session behaviour (e.g. click, cart, buy; 0 at padding, 1 for a type unknown to the
+            vocabulary), for sources whose logs carry types (``FeatureSpec.num_behaviors > 0``);
+            ``None`` otherwise. The long-term sequence carries none: the heterogeneous setting of
+            the paper (appendix G) draws it from one kind of behaviour.
     """
 
     user: Tensor
@@ -101,6 +116,7 @@ class CTRBatch:
     session_cates: Tensor
     label: Tensor
     context: Optional[Tensor] = field(default=None)
+    session_behaviors: Optional[Tensor] = field(default=None)
 
     @property
     def long_mask(self) -> Tensor:
@@ -139,7 +155,7 @@ class CTRBatch:
 
         Args:
             columns: mapping from column name to an array whose first dimension is the batch;
-                ``context`` is optional.
+                ``context`` and ``session_behaviors`` are optional.
 
         Raises:
             ValueError: a required column is missing.
@@ -152,6 +168,7 @@ class CTRBatch:
             return torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value).long()
 
         context = columns.get("context")
+        behaviors = columns.get("session_behaviors")
         return cls(
             user=as_long(columns["user"]),
             target_item=as_long(columns["target_item"]),
@@ -162,4 +179,5 @@ class CTRBatch:
             session_cates=as_long(columns["session_cates"]),
             label=torch.as_tensor(np.asarray(columns["label"]) if not isinstance(columns["label"], Tensor) else columns["label"]).float(),
             context=None if context is None else as_long(context),
+            session_behaviors=None if behaviors is None else as_long(behaviors),
         )

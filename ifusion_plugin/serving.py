@@ -21,10 +21,10 @@ from torch import Tensor, nn
 
 from .batch import FIRST_ID, CTRBatch, FeatureSpec
 
-__all__ = ["ServingModel", "example_inputs", "export_program", "export_onnx", "input_names", "load_program"]
+__all__ = ["ServingModel", "example_inputs", "export_program", "export_onnx", "input_names", "load_program", "optional_input_names", "dynamic_shapes"]
 
 #: Inputs of every serving model, in call order; ``context`` follows when the spec has context
-#: columns.
+#: columns, then ``session_behaviors`` when it has behaviour types.
 BASE_INPUT_NAMES: tuple[str, ...] = (
     "user",
     "target_item",
@@ -38,7 +38,12 @@ BASE_INPUT_NAMES: tuple[str, ...] = (
 
 def input_names(spec: FeatureSpec) -> tuple[str, ...]:
     """The serving inputs of a model over ``spec``, in call order."""
-    return BASE_INPUT_NAMES + (("context",) if spec.context_cardinalities else ())
+    return BASE_INPUT_NAMES + optional_input_names(spec)
+
+
+def optional_input_names(spec: FeatureSpec) -> tuple[str, ...]:
+    """The inputs after :data:`BASE_INPUT_NAMES` that ``spec`` asks for, in call order."""
+    return (("context",) if spec.context_cardinalities else ()) + (("session_behaviors",) if spec.num_behaviors else ())
 
 
 def example_inputs(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> tuple[Tensor, ...]:
@@ -68,6 +73,8 @@ def example_inputs(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> tup
     }
     if spec.context_cardinalities:
         values["context"] = torch.stack([ids(c, batch_size) for c in spec.context_cardinalities], dim=1)
+    if spec.num_behaviors:
+        values["session_behaviors"] = ids(spec.num_behaviors, *session_items.shape) * (session_items > 0)
     return tuple(values[name] for name in input_names(spec))
 
 
@@ -83,7 +90,9 @@ class ServingModel(nn.Module):
         user, target_item, target_cate: shape (B,).
         long_items, long_cates: shape (B, spec.long_len).
         session_items, session_cates: shape (B, spec.num_sessions, spec.session_len).
-        context: shape (B, len(spec.context_cardinalities)), only when the spec has context.
+        *optional: the inputs of :func:`optional_input_names`, in that order: ``context`` of
+            shape (B, len(spec.context_cardinalities)) when the spec has context columns, then
+            ``session_behaviors`` of shape (B, K, N) when it has behaviour types.
 
     Returns:
         Click probabilities, float tensor of shape (B,).
@@ -107,13 +116,16 @@ class ServingModel(nn.Module):
         long_cates: Tensor,
         session_items: Tensor,
         session_cates: Tensor,
-        context: Optional[Tensor] = None,
+        *optional: Tensor,
     ) -> Tensor:
-        if (context is not None) != bool(self.spec.context_cardinalities):
+        names = optional_input_names(self.spec)
+        if len(optional) != len(names):
             raise ValueError(
-                f"context must be given exactly when the spec has context columns "
-                f"(context_cardinalities={self.spec.context_cardinalities}), got context={'a tensor' if context is not None else None}"
+                f"expected {len(names)} input(s) after session_cates ({', '.join(names) or 'none'}: the spec has "
+                f"context_cardinalities={self.spec.context_cardinalities}, num_behaviors={self.spec.num_behaviors}), "
+                f"got {len(optional)}"
             )
+        extra = dict(zip(names, optional))
         batch = CTRBatch(
             user=user,
             target_item=target_item,
@@ -123,7 +135,8 @@ class ServingModel(nn.Module):
             session_items=session_items,
             session_cates=session_cates,
             label=torch.zeros_like(user),
-            context=context,
+            context=extra.get("context"),
+            session_behaviors=extra.get("session_behaviors"),
         )
         return torch.sigmoid(self.host(batch).logits.float())
 
@@ -136,9 +149,15 @@ class ServingModel(nn.Module):
         return example_inputs(self.spec, batch_size, seed)
 
 
-def _dynamic_batch(model: ServingModel) -> tuple[dict[int, object], ...]:
+def dynamic_shapes(model: ServingModel) -> dict[str, object]:
+    """Dynamic batch dimension of every input, keyed as ``forward``'s parameters (the optional
+    inputs are its ``*optional`` tuple)."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    return tuple({0: batch} for _ in model.input_names)
+    shapes: dict[str, object] = {name: {0: batch} for name in BASE_INPUT_NAMES}
+    optional = optional_input_names(model.spec)
+    if optional:  # torch.export rejects the key of an empty *optional
+        shapes["optional"] = tuple({0: batch} for _ in optional)
+    return shapes
 
 
 def _partial(path: str) -> str:
@@ -172,7 +191,7 @@ def export_program(
     if example[0].shape[0] < 2:
         raise ValueError(f"example batch size must be at least 2 to export a dynamic batch, got {example[0].shape[0]}")
     with torch.no_grad():
-        program = torch.export.export(model, example, dynamic_shapes=_dynamic_batch(model))
+        program = torch.export.export(model, example, dynamic_shapes=dynamic_shapes(model))
     # Written next to the target, then renamed: a failed save never leaves a truncated file.
     partial = _partial(path)
     torch.export.save(program, partial)
@@ -199,7 +218,7 @@ def export_onnx(
             model,
             example,
             dynamo=True,
-            dynamic_shapes=_dynamic_batch(model),
+            dynamic_shapes=dynamic_shapes(model),
             input_names=list(model.input_names),
             output_names=["prob"],
             verbose=False,

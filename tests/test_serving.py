@@ -17,7 +17,7 @@ from ifusion_plugin.data import AmazonGroceryDataModule
 from ifusion_plugin.export_command import main as export_main
 from ifusion_plugin.fusion import ConcatFusion, InterestFusion
 from ifusion_plugin.hosts import DIN, SIM, TWIN
-from ifusion_plugin.serving import ServingModel, export_onnx, export_program, load_program
+from ifusion_plugin.serving import ServingModel, dynamic_shapes, export_onnx, export_program, load_program
 from ifusion_plugin.task import CTRTask
 
 from test_cli import in_tmp  # noqa: F401  (fixture: a run in tmp_path as working directory)
@@ -86,10 +86,28 @@ def test_context_columns_are_an_input() -> None:
     assert model.input_names[-1] == "context"
     inputs = model.example_inputs(5)
     assert inputs[-1].shape == (5, 2) and int(inputs[-1][:, 1].max()) < 7
-    program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: torch.export.Dim("b")} for _ in inputs))
+    program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes(model))
     other = model.example_inputs(3, seed=4)
     torch.testing.assert_close(program.module()(*other), model(*other))
-    with pytest.raises(ValueError, match="context must be given exactly when"):
+    with pytest.raises(ValueError, match=r"expected 1 input\(s\) after session_cates \(context"):
+        model(*inputs[:-1])
+
+
+def test_behaviour_types_are_an_input_after_context() -> None:
+    spec = FeatureSpec(num_users=9, num_items=20, num_cates=5, long_len=6, num_sessions=2, session_len=3,
+                       context_cardinalities=(4,), num_behaviors=5)
+    model = ServingModel(TWIN(spec, embed_dim=8, head_dims=(8,), fusion=ConcatFusion), spec)
+    assert model.input_names[-2:] == ("context", "session_behaviors")
+    inputs = model.example_inputs(5)
+    behaviors, sessions = inputs[-1], inputs[model.input_names.index("session_items")]
+    assert behaviors.shape == sessions.shape and ((behaviors == 0) == (sessions == 0)).all() and int(behaviors.max()) < 5
+    program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes(model))
+    other = model.example_inputs(3, seed=4)
+    torch.testing.assert_close(program.module()(*other), model(*other))
+    # The types reach the output: other types, other probabilities.
+    changed = other[:-1] + (torch.where(other[-1] > 0, (other[-1] - 1) % 3 + 2, other[-1]),)
+    assert not torch.allclose(model(*changed), model(*other))
+    with pytest.raises(ValueError, match="session_behaviors"):
         model(*inputs[:-1])
 
 

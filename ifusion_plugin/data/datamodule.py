@@ -3,9 +3,13 @@
 Protocol (DIN/DIEN, as ``/work/shared/benchmarks/ml1m_peer_split.py``): for a user's time-ordered
 sequence ``s`` of length ``n``: test = position ``n-1``, valid = ``n-2``, train = the up to
 ``train_per_user`` latest positions ``p`` with ``min_train_position <= p <= n-3``. Each position
-gives one positive (``s[p]``, label 1) and one negative (an item drawn uniformly among the
-source's items, rejected while the user ever rated it; fixed seed), both with history
-``s[:p]`` split by :func:`~ifusion_plugin.data.sequences.split_history`. A history never
+gives one positive (``s[p]``, label 1) and one negative (rejected while the user ever
+interacted with it; fixed seed), drawn by ``negative_sampling``: ``"uniform"`` among the
+source's items, or ``"popularity"`` from the list of all interactions (in proportion to how
+often each item occurs, as DIEN's data script draws them: item popularity alone then no longer
+separates positives from negatives; see :func:`popularity_auc`), both with history
+``s[:p]`` split by :func:`~ifusion_plugin.data.sequences.split_history`. With
+``test_per_user = m`` test holds the last ``m`` positions and valid the one before them. A history never
 contains its own or any later position, so the test item never enters a train history.
 
 Vocabularies: 0 pad, 1 OOV, known ids from 2 in sorted raw-id order. Items and categories are
@@ -37,6 +41,14 @@ __all__ = ["CTRDataModule", "SyntheticDataModule", "MovieLens1MDataModule", "Ama
 
 log = logging.getLogger(__name__)
 OnBadLine = Literal["error", "skip"]
+NegativeSampling = Literal["uniform", "popularity"]
+NEGATIVE_SAMPLING: tuple[str, ...] = ("uniform", "popularity")
+
+
+def check_negative_sampling(value: object) -> None:
+    """Raise a ValueError naming the option unless ``value`` is one of :data:`NEGATIVE_SAMPLING`."""
+    if value not in NEGATIVE_SAMPLING:
+        raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {value!r}")
 
 
 CACHE_ENV = "IFUSION_CACHE_DIR"
@@ -197,6 +209,13 @@ def build_ctr_samples(
     train_per_user: int = 20,
     min_train_position: int = 20,
     times: Optional[Sequence[np.ndarray]] = None,
+    negative_sampling: NegativeSampling = "uniform",
+    behaviors: Optional[Sequence[np.ndarray]] = None,
+    num_behaviors: int = 0,
+    positive: Optional[Sequence[np.ndarray]] = None,
+    in_long: Optional[Sequence[np.ndarray]] = None,
+    in_sessions: Optional[Sequence[np.ndarray]] = None,
+    test_per_user: int = 1,
 ) -> tuple[dict[str, dict[str, np.ndarray]], FeatureSpec]:
     """Build the train/valid/test sample columns of the protocol described in the module doc.
 
@@ -207,34 +226,63 @@ def build_ctr_samples(
         options: the long/short split.
         seed: seed of negative sampling.
         times: optional unix seconds per sequence (needed by ``time_gap``).
+        negative_sampling: ``"uniform"`` over the distinct items or ``"popularity"`` over the
+            list of all interactions that may be positives; either rejects items the user
+            interacted with in any way.
+        behaviors: optional behaviour type ids per sequence (``(n_u,)``, from
+            :data:`~ifusion_plugin.batch.FIRST_ID`); the sessions then carry them and the spec
+            gets ``num_behaviors`` (the type vocabulary's size, padding and OOV included).
+        positive: optional bool masks per sequence: the behaviours that may be a sample's
+            target (default all). Test is a user's last such behaviour, valid the one before,
+            train the ``train_per_user`` before those at index ``>= min_train_position``.
+        in_long, in_sessions: optional bool masks per sequence, the behaviours the long-term
+            sequence and the sessions may hold (see :func:`~ifusion_plugin.data.split_history`).
+        test_per_user: test holds each user's last ``test_per_user`` target positions (valid
+            the one before them): a larger test split shrinks the sampling noise of test AUC.
 
     Returns:
-        per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``) plus the
-        raw ``user_id`` and ``item_id`` of each sample (int64, ``(S,)``; the negative's own raw
-        id on negative rows), and the spec.
+        per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``, plus
+        ``session_behaviors`` with ``behaviors``) plus the raw ``user_id`` and ``item_id`` of
+        each sample (int64, ``(S,)``; the negative's own raw id on negative rows), and the spec.
     """
-    all_items = np.unique(np.concatenate([np.asarray(s) for s in seqs])) if seqs else np.zeros(0, np.int64)
+    check_negative_sampling(negative_sampling)
+    if not isinstance(test_per_user, int) or isinstance(test_per_user, bool) or test_per_user < 1:
+        raise ValueError(f"test_per_user must be a positive int, got {test_per_user!r}")
+    if behaviors is not None and num_behaviors < FIRST_ID:
+        raise ValueError(f"num_behaviors must be at least {FIRST_ID} when behaviors are given, got {num_behaviors}")
+    eligible = [np.arange(len(s)) if positive is None else np.flatnonzero(np.asarray(positive[ui], dtype=bool))
+                for ui, s in enumerate(seqs)]
+    every = np.concatenate([np.asarray(s) for s in seqs]) if seqs else np.zeros(0, np.int64)
+    all_items = np.unique(every)
+    # One entry per interaction that may be a positive for "popularity": an item is drawn as
+    # often as it is a target.
+    pool = np.concatenate([np.asarray(s)[e] for s, e in zip(seqs, eligible)]) if negative_sampling == "popularity" else all_items
     rng = np.random.default_rng(seed)
     plan = []  # (user index, position, split, negative raw id)
+    valid_position: dict[int, int] = {}
     for ui, s in enumerate(seqs):
-        n = len(s)
-        if n < 2:
+        targets = eligible[ui]
+        m = test_per_user
+        if len(targets) < m + 1:
             continue
         rated = set(np.asarray(s).tolist())
         if len(rated) >= len(all_items):
             continue  # no never-rated item to sample a negative from
-        lo = max(min_train_position, n - 2 - train_per_user)
-        positions = [(p, "train") for p in range(lo, n - 2)] + [(n - 2, "valid"), (n - 1, "test")]
+        earlier = targets[: -(m + 1)]
+        train = earlier[earlier >= min_train_position][-train_per_user:] if train_per_user > 0 else earlier[:0]
+        valid_position[ui] = int(targets[-(m + 1)])
+        positions = ([(int(p), "train") for p in train] + [(int(targets[-(m + 1)]), "valid")]
+                     + [(int(p), "test") for p in targets[-m:]])
         for p, split in positions:
             while True:
-                neg = int(all_items[rng.integers(len(all_items))])
+                neg = int(pool[rng.integers(len(pool))])
                 if neg not in rated:
                     break
             plan.append((ui, p, split, neg))
-    # Vocabularies from what train sees.
+    # Vocabularies from what train sees: histories up to each user's valid position.
     seen: set[int] = set()
     for ui, s in enumerate(seqs):
-        seen.update(np.asarray(s[: max(0, len(s) - 2)]).tolist())
+        seen.update(np.asarray(s[: valid_position.get(ui, max(0, len(s) - 2))]).tolist())
     seen.update(neg for _, _, split, neg in plan if split == "train")
     item_keys = np.array(sorted(seen), dtype=np.int64)
     cate_keys = np.array(sorted({cate_of.get(i, -1) for i in seen} - {-1}), dtype=np.int64)
@@ -250,11 +298,17 @@ def build_ctr_samples(
     enc_seqs = [encode(item_keys, s) for s in seqs]
     enc_cates = [encode(cate_keys, np.array([cate_of.get(int(i), -1) for i in s], np.int64)) for s in seqs]
     enc_users = encode(user_keys, np.asarray(users))
-    cols: dict[str, dict[str, list]] = {sp: {k: [] for k in SAMPLE_COLUMNS} for sp in ("train", "valid", "test")}
+    names = list(SAMPLE_COLUMNS) + (["session_behaviors"] if behaviors is not None else [])
+    cols: dict[str, dict[str, list]] = {sp: {k: [] for k in names} for sp in ("train", "valid", "test")}
     raw: dict[str, dict[str, list[int]]] = {sp: {k: [] for k in RAW_ID_COLUMNS} for sp in cols}
     for ui, p, split, neg in plan:
         t = None if times is None else np.asarray(times[ui])[:p]
-        h = split_history(enc_seqs[ui][:p], enc_cates[ui][:p], options, t)
+        h = split_history(
+            enc_seqs[ui][:p], enc_cates[ui][:p], options, t,
+            behaviors=None if behaviors is None else np.asarray(behaviors[ui])[:p],
+            in_long=None if in_long is None else np.asarray(in_long[ui])[:p],
+            in_sessions=None if in_sessions is None else np.asarray(in_sessions[ui])[:p],
+        )
         c = cols[split]
         for target_item, target_cate, label in (
             (enc_seqs[ui][p], enc_cates[ui][p], 1),
@@ -268,12 +322,15 @@ def build_ctr_samples(
             c["session_items"].append(h.session_items)
             c["session_cates"].append(h.session_cates)
             c["label"].append(label)
+            if behaviors is not None:
+                c["session_behaviors"].append(h.session_behaviors)
         raw[split]["user_id"] += [int(users[ui])] * 2
         raw[split]["item_id"] += [int(seqs[ui][p]), neg]
     shapes = {"()": (), "(L,)": (options.long_len,), "(K, N)": (options.num_sessions, options.session_len)}
+    shape_of = {**SAMPLE_COLUMNS, "session_behaviors": "(K, N)"}
     out = {
         sp: {
-            **{k: np.asarray(v, dtype=np.int64).reshape((-1,) + shapes[SAMPLE_COLUMNS[k]]) for k, v in c.items()},
+            **{k: np.asarray(v, dtype=np.int64).reshape((-1,) + shapes[shape_of[k]]) for k, v in c.items()},
             **{k: np.asarray(v, dtype=np.int64) for k, v in raw[sp].items()},
         }
         for sp, c in cols.items()
@@ -285,6 +342,7 @@ def build_ctr_samples(
         long_len=options.long_len,
         num_sessions=options.num_sessions,
         session_len=options.session_len,
+        num_behaviors=num_behaviors if behaviors is not None else 0,
     )
     return out, spec
 
@@ -517,9 +575,12 @@ class SyntheticDataModule(CTRDataModule):
         persistent_workers: bool = False,
         cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
         drift_len = num_sessions * session_len if drift_len is None else drift_len
         if num_users <= 0 or train_per_user <= 0 or history_len <= 0:
             raise ValueError("num_users, train_per_user and history_len must be positive")
@@ -537,7 +598,7 @@ class SyntheticDataModule(CTRDataModule):
         return "synthetic"
 
     def _content_options(self) -> dict[str, object]:
-        return dict(self.gen)
+        return {**self.gen, "negative_sampling": self.negative_sampling}
 
     def generate(self) -> dict[str, np.ndarray]:
         """Raw samples (ids from 0): ``user (S,)``, ``split (S,)`` (0 train, 1 valid, 2 test),
@@ -570,8 +631,11 @@ class SyntheticDataModule(CTRDataModule):
             return cate + C * np.floor(rng.random(cate.shape) * count).astype(np.int64)
 
         neg = rng.integers(I, size=S)
-        return {"user": user, "split": split, "hist_items": item_of(cates), "hist_cates": cates,
-                "pos_item": item_of(pos_cate), "neg_item": neg}
+        hist_items, pos_item = item_of(cates), item_of(pos_cate)
+        if self.negative_sampling == "popularity":
+            neg = _popularity_negatives(rng, hist_items, pos_item)
+        return {"user": user, "split": split, "hist_items": hist_items, "hist_cates": cates,
+                "pos_item": pos_item, "neg_item": neg}
 
     def _build(self):
         g = self.gen
@@ -609,6 +673,27 @@ class SyntheticDataModule(CTRDataModule):
         return out, spec
 
 
+def _popularity_negatives(rng: np.random.Generator, hist_items: np.ndarray, pos_item: np.ndarray) -> np.ndarray:
+    """One negative per sample drawn from the list of all interactions (every history entry and
+    positive), redrawn while it is in the sample's own history or is its positive.
+
+    Args:
+        hist_items: ``(S, H)`` history items; pos_item: ``(S,)`` positives.
+
+    Returns:
+        ``(S,)`` negatives. Rows whose every draw stays rejected after 100 rounds (a history that
+        covers the whole pool) raise, rather than keep a positive as a negative.
+    """
+    pool = np.concatenate([hist_items.reshape(-1), pos_item])
+    neg = pool[rng.integers(len(pool), size=len(pos_item))]
+    for _ in range(100):
+        bad = (hist_items == neg[:, None]).any(axis=1) | (neg == pos_item)
+        if not bad.any():
+            return neg
+        neg[bad] = pool[rng.integers(len(pool), size=int(bad.sum()))]
+    raise ValueError("negative_sampling='popularity': some histories cover every item of the pool; use 'uniform'")
+
+
 def _bad(path: str, lineno: int, what: str, policy: str, counter: list[int]) -> None:
     if policy == "error":
         raise ValueError(f"{path}:{lineno}: {what}")
@@ -644,11 +729,16 @@ class MovieLens1MDataModule(CTRDataModule):
         persistent_workers: bool = False,
         cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
+        test_per_user: int = 1,
     ) -> None:
         if session_split != "chunk":
             raise ValueError("MovieLens-1M here has no timestamps: session_split must be 'chunk'")
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
+        self.test_per_user = test_per_user
         self.root = root
         self.train_per_user = train_per_user
         self.min_train_position = min_train_position
@@ -660,7 +750,9 @@ class MovieLens1MDataModule(CTRDataModule):
         return [os.path.join(self.root, "sequences.tsv"), os.path.join(self.root, "movies.dat")]
 
     def _content_options(self) -> dict[str, object]:
-        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position}
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position,
+                "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
 
     def read(self) -> tuple[list[int], list[np.ndarray], dict[int, int]]:
         """Users, sequences and movie -> first-genre id (1.. in sorted genre-name order)."""
@@ -700,7 +792,8 @@ class MovieLens1MDataModule(CTRDataModule):
     def _build(self):
         users, seqs, cate_of = self.read()
         return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
-                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position)
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position,
+                                 negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
 
 
 def _sequences_from_log(users: np.ndarray, items: np.ndarray, times: np.ndarray):
@@ -766,9 +859,14 @@ class AmazonGroceryDataModule(CTRDataModule):
         persistent_workers: bool = False,
         cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
+        test_per_user: int = 1,
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
+        self.test_per_user = test_per_user
         self.root, self.train_per_user, self.min_train_position = root, train_per_user, min_train_position
 
     def _source_name(self) -> str:
@@ -778,7 +876,9 @@ class AmazonGroceryDataModule(CTRDataModule):
         return [os.path.join(self.root, "interactions.tsv"), os.path.join(self.root, "item_category.tsv")]
 
     def _content_options(self) -> dict[str, object]:
-        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position}
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position,
+                "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
 
     def _build(self):
         inter, cats = self._raw_files()
@@ -786,18 +886,36 @@ class AmazonGroceryDataModule(CTRDataModule):
         cate_rows = _read_int_table(cats, "\t", 2, ["item_id", "i_category"], self.on_bad_line)
         users, seqs, times = _sequences_from_log(rows[:, 0], rows[:, 1], rows[:, 2])
         return build_ctr_samples(users, seqs, {i: c for i, c in cate_rows}, self.sequence_options, seed=self.seed,
-                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times)
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times,
+                                 negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
 
 
 class TaobaoDataModule(CTRDataModule):
-    """Taobao UserBehavior: ``root/UserBehavior.csv``, no header,
-    ``user_id,item_id,category_id,behavior_type,timestamp``; rows whose behaviour type is in
-    ``positive_behaviors`` form the history and the positives."""
+    """Taobao UserBehavior format: ``root/UserBehavior.csv``, no header,
+    ``user_id,item_id,category_id,behavior_type,timestamp`` (also the format of our Yelp and
+    Taobao multi-behaviour logs).
+
+    Which behaviours play which part is set by three lists of behaviour types (the paper's
+    heterogeneous setting, appendix G: the long-term interest from one kind of behaviour, the
+    sessions from all kinds):
+
+    - ``positive_behaviors``: the behaviours that become samples (the positive target, with a
+      sampled negative); test is a user's last one, valid the one before;
+    - ``long_behaviors``: the behaviours the long-term sequence holds (default: the positives);
+    - ``session_behaviors``: the behaviours the sessions hold (default: the positives); each
+      session behaviour carries its type as ``session_behaviors`` in the batch (type ids from 2
+      in sorted name order, ``FeatureSpec.num_behaviors`` their count + 2).
+
+    A history holds every earlier behaviour of these kinds; rows of other types are not read.
+    Every listed type must occur in the file (a misspelt type would otherwise select nothing).
+    """
 
     def __init__(
         self,
         root: str = "../shared/data/taobao-userbehavior-sample",
         positive_behaviors: tuple[str, ...] = ("pv", "cart", "fav", "buy"),
+        long_behaviors: Optional[tuple[str, ...]] = None,
+        session_behaviors: Optional[tuple[str, ...]] = None,
         train_per_user: int = 20,
         min_train_position: int = 20,
         session_gap_seconds: float = 1800.0,
@@ -814,10 +932,22 @@ class TaobaoDataModule(CTRDataModule):
         persistent_workers: bool = False,
         cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
+        test_per_user: int = 1,
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
-        self.root, self.positive_behaviors = root, tuple(sorted(positive_behaviors))
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
+        self.test_per_user = test_per_user
+        for name, value in (("positive_behaviors", positive_behaviors), ("long_behaviors", long_behaviors),
+                            ("session_behaviors", session_behaviors)):
+            if value is not None and (isinstance(value, str) or len(value) == 0):
+                raise ValueError(f"{name} must be a non-empty list of behaviour types, got {value!r}")
+        self.root = root
+        self.positive_behaviors = tuple(sorted(positive_behaviors))
+        self.long_behaviors = tuple(sorted(long_behaviors)) if long_behaviors is not None else self.positive_behaviors
+        self.session_behaviors = tuple(sorted(session_behaviors)) if session_behaviors is not None else self.positive_behaviors
         self.train_per_user, self.min_train_position = train_per_user, min_train_position
 
     def _source_name(self) -> str:
@@ -827,18 +957,44 @@ class TaobaoDataModule(CTRDataModule):
         return [os.path.join(self.root, "UserBehavior.csv")]
 
     def _content_options(self) -> dict[str, object]:
-        return {"positive_behaviors": list(self.positive_behaviors), "train_per_user": self.train_per_user,
-                "min_train_position": self.min_train_position}
+        return {"positive_behaviors": list(self.positive_behaviors), "long_behaviors": list(self.long_behaviors),
+                "session_behaviors": list(self.session_behaviors), "train_per_user": self.train_per_user,
+                "min_train_position": self.min_train_position, "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
 
     def _build(self):
         (path,) = self._raw_files()
-        keep = set(self.positive_behaviors)
-        rows = _read_int_table(path, ",", 5, None, self.on_bad_line, keep=lambda r: r[3] in keep, int_cols=(0, 1, 2, 4))
-        arr = np.array([(r[0], r[1], r[2], r[4]) for r in rows], dtype=np.int64).reshape(-1, 4)
-        users, seqs, times = _sequences_from_log(arr[:, 0], arr[:, 1], arr[:, 3])
+        wanted = set(self.positive_behaviors) | set(self.long_behaviors) | set(self.session_behaviors)
+        found: set[str] = set()
+
+        def keep(row: list) -> bool:
+            found.add(row[3])
+            return row[3] in wanted
+
+        rows = _read_int_table(path, ",", 5, None, self.on_bad_line, keep=keep, int_cols=(0, 1, 2, 4))
+        for name in ("positive_behaviors", "long_behaviors", "session_behaviors"):
+            missing = sorted(set(getattr(self, name)) - found)
+            if missing:
+                raise ValueError(f"{name}: behaviour type(s) {missing} do not occur in {path}; its types are {sorted(found)}")
+        type_id = {name: index + FIRST_ID for index, name in enumerate(self.session_behaviors)}
+        arr = np.array([(r[0], r[1], r[2], r[4], type_id.get(r[3], OOV_ID), r[3] in self.positive_behaviors,
+                         r[3] in self.long_behaviors, r[3] in self.session_behaviors) for r in rows],
+                       dtype=np.int64).reshape(-1, 8)
+        users, _, times = _sequences_from_log(arr[:, 0], arr[:, 1], arr[:, 3])
+        # The same stable (user, time, file order) grouping for every per-row column.
+        order = np.lexsort((np.arange(len(arr)), arr[:, 3], arr[:, 0]))
+        grouped = arr[order]
+        ends = np.cumsum([len(t) for t in times])
+        parts = np.split(grouped, ends[:-1]) if len(grouped) else []
         cate_of = {int(i): int(c) for i, c in zip(arr[:, 1], arr[:, 2])}
-        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
-                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times)
+        return build_ctr_samples(
+            users, [part[:, 1] for part in parts], cate_of, self.sequence_options, seed=self.seed,
+            train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times,
+            negative_sampling=self.negative_sampling, test_per_user=self.test_per_user,
+            behaviors=[part[:, 4] for part in parts], num_behaviors=len(type_id) + FIRST_ID,
+            positive=[part[:, 5].astype(bool) for part in parts], in_long=[part[:, 6].astype(bool) for part in parts],
+            in_sessions=[part[:, 7].astype(bool) for part in parts],
+        )
 
 
 class AmazonBooksDIENDataModule(CTRDataModule):

@@ -4,7 +4,7 @@ Usage::
 
     python -m ifusion_plugin.data.export --data movielens-1m --root ../shared/data/movielens-1m \\
         --out exports/ml1m [--format parquet|csv] [--max_history 200] [--num_sessions K --session_len N] \\
-        [--init train_per_user=20 ...]
+        [--negative_sampling uniform|popularity] [--init train_per_user=20 ...]
 
 What is written (``OUT/train``, ``OUT/valid``, ``OUT/test`` with the ending of ``--format``, plus
 ``OUT/export.json``): exactly the samples of the built-in module, in its row order, with
@@ -128,6 +128,7 @@ def export_datamodule(
     init_args: Optional[Mapping[str, object]] = None,
     cache_dir: Optional[str] = None,
     list_separator: str = " ",
+    negative_sampling: Optional[str] = None,
 ) -> dict[str, str]:
     """Export a built-in source's three splits as a table (see the module docstring).
 
@@ -143,6 +144,9 @@ def export_datamodule(
             ``num_users``, ...). Sequence options are set by the exporter.
         cache_dir: cache directory of the source module (``None``: its default).
         list_separator: separator of list columns in CSV output.
+        negative_sampling: ``"uniform"`` or ``"popularity"``, passed to sources that sample
+            negatives (``None``: the source's default); a source whose negatives come with its
+            files (Amazon Books DIEN) rejects it.
 
     Returns:
         ``{split: path}`` of the written files (and ``"meta"``: the ``export.json`` path).
@@ -160,6 +164,10 @@ def export_datamodule(
             fixed[name] = value
     if "session_split" in params:
         fixed["session_split"] = "chunk"
+    if negative_sampling is not None:
+        if "negative_sampling" not in params:
+            raise ValueError(f"negative_sampling: {cls.__name__} reads its negatives from its files and samples none")
+        fixed["negative_sampling"] = negative_sampling
     if root is not None and "root" in params:
         fixed["root"] = root
     clash = sorted(set(kwargs) & (set(fixed) | {"num_sessions", "session_len", "session_split", "session_gap_seconds",
@@ -184,6 +192,7 @@ def export_datamodule(
         "max_history": max_history,
         "num_sessions": num_sessions,
         "session_len": session_len,
+        "negative_sampling": getattr(module, "negative_sampling", None),
         "ids": "vocabulary ids of the source module (0 pad, 1 OOV, known from 2); load with encoded_ids: true",
         "feature_spec": {k: v for k, v in asdict(spec).items() if k in ("num_users", "num_items", "num_cates")},
     }
@@ -228,11 +237,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
                         help="another constructor argument of the source, e.g. --init train_per_user=5 (repeatable)")
     parser.add_argument("--cache_dir", default=None, help="the source's cache directory (its default when omitted)")
     parser.add_argument("--list_separator", default=" ", help="CSV only: separator of list entries")
+    parser.add_argument("--negative_sampling", choices=("uniform", "popularity"), default=None,
+                        help="how the source draws negatives (its default, uniform, when omitted)")
     args = parser.parse_args(argv)
     written = export_datamodule(args.data, args.out, root=args.root, fmt=args.format, max_history=args.max_history,
                                 num_sessions=args.num_sessions, session_len=args.session_len,
                                 init_args=_parse_init(args.init), cache_dir=args.cache_dir,
-                                list_separator=args.list_separator)
+                                list_separator=args.list_separator, negative_sampling=args.negative_sampling)
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

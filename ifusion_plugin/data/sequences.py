@@ -15,6 +15,11 @@ Protocol:
   behaviours), so the two parts are disjoint, as the paper splits them; with
   ``long_includes_short`` it is the latest ``L`` behaviours of the whole history instead, as
   FuxiCTR's long-sequence models read it.
+- Heterogeneous behaviours (the paper's appendix G: long-term interest from one kind of
+  behaviour, sessions from all kinds): ``in_long`` and ``in_sessions`` say which behaviours each
+  part may hold. Sessions are cut from the ``in_sessions`` behaviours alone; the long-term
+  sequence keeps the ``in_long`` behaviours before the earliest kept session (or all of them
+  with ``long_includes_short``). ``behaviors`` gives each session behaviour its type id.
 """
 
 from __future__ import annotations
@@ -72,12 +77,15 @@ class SplitHistory:
         long_items, long_cates: shape ``(L,)``, padded at the front.
         session_items, session_cates: shape ``(K, N)``; missing sessions at the front, each
             session padded at the front.
+        session_behaviors: shape ``(K, N)`` like the sessions, the behaviour type ids, or
+            ``None`` when no ``behaviors`` were given.
     """
 
     long_items: np.ndarray
     long_cates: np.ndarray
     session_items: np.ndarray
     session_cates: np.ndarray
+    session_behaviors: Optional[np.ndarray] = None
 
 
 def _pad_front(values: np.ndarray, length: int) -> np.ndarray:
@@ -117,6 +125,9 @@ def split_history(
     cates: np.ndarray,
     options: SequenceOptions,
     times: Optional[np.ndarray] = None,
+    behaviors: Optional[np.ndarray] = None,
+    in_long: Optional[np.ndarray] = None,
+    in_sessions: Optional[np.ndarray] = None,
 ) -> SplitHistory:
     """Split a time-ordered history (oldest first) into the long-term part and sessions.
 
@@ -126,6 +137,12 @@ def split_history(
         options: the split protocol.
         times: optional array of shape ``(H,)``, unix seconds, non-decreasing; required by
             ``session_split="time_gap"``.
+        behaviors: optional int array of shape ``(H,)``, each behaviour's type id (``>= 2``);
+            the sessions then carry them.
+        in_long: optional bool array of shape ``(H,)``, the behaviours the long-term sequence
+            may hold (default all).
+        in_sessions: optional bool array of shape ``(H,)``, the behaviours the sessions may
+            hold (default all).
 
     Returns:
         :class:`SplitHistory` with arrays of shapes ``(L,)`` and ``(K, N)``.
@@ -137,24 +154,38 @@ def split_history(
     cates = np.asarray(cates, dtype=np.int64)
     if items.shape != cates.shape or items.ndim != 1:
         raise ValueError(f"items and cates must be 1-d of equal length, got shapes {items.shape} and {cates.shape}")
+    for name, value in (("behaviors", behaviors), ("in_long", in_long), ("in_sessions", in_sessions)):
+        if value is not None and np.shape(value) != items.shape:
+            raise ValueError(f"{name} must have shape {items.shape} like items, got {np.shape(value)}")
     if options.session_split == "time_gap":
         if times is None:
             raise ValueError("times is required when session_split='time_gap' (this source has no timestamps: use 'chunk')")
         times = np.asarray(times)
         if times.shape != items.shape:
             raise ValueError(f"times must have shape {items.shape} like items, got {times.shape}")
+    # The sessions are cut from the behaviours they may hold; `where` maps back to history rows.
+    where = np.arange(len(items)) if in_sessions is None else np.flatnonzero(np.asarray(in_sessions, dtype=bool))
+    short_times = None if times is None else times[where]
     num_sessions, session_len = options.num_sessions, options.session_len
-    bounds = _session_bounds(len(items), times, options)
+    bounds = _session_bounds(len(where), short_times, options)
     session_items = np.full((num_sessions, session_len), PAD_ID, dtype=np.int64)
     session_cates = np.full((num_sessions, session_len), PAD_ID, dtype=np.int64)
+    session_behaviors = None if behaviors is None else np.full((num_sessions, session_len), PAD_ID, dtype=np.int64)
     offset = num_sessions - len(bounds)
     for row, (begin, end) in enumerate(bounds, start=offset):
-        session_items[row] = _pad_front(items[begin:end], session_len)
-        session_cates[row] = _pad_front(cates[begin:end], session_len)
-    long_end = len(items) if options.long_includes_short or not bounds else bounds[0][0]
+        rows = where[begin:end]
+        session_items[row] = _pad_front(items[rows], session_len)
+        session_cates[row] = _pad_front(cates[rows], session_len)
+        if session_behaviors is not None:
+            session_behaviors[row] = _pad_front(np.asarray(behaviors, dtype=np.int64)[rows], session_len)
+    long_end = len(items) if options.long_includes_short or not bounds else int(where[bounds[0][0]])
+    long_rows = np.arange(long_end)
+    if in_long is not None:
+        long_rows = long_rows[np.asarray(in_long, dtype=bool)[:long_end]]
     return SplitHistory(
-        long_items=_pad_front(items[:long_end], options.long_len),
-        long_cates=_pad_front(cates[:long_end], options.long_len),
+        long_items=_pad_front(items[long_rows], options.long_len),
+        long_cates=_pad_front(cates[long_rows], options.long_len),
         session_items=session_items,
         session_cates=session_cates,
+        session_behaviors=session_behaviors,
     )

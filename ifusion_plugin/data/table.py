@@ -12,6 +12,8 @@ column                  type                        meaning
 ``cate_id``             int or string, optional     the candidate's category
 ``cate_history``        list, optional              categories of ``item_history``
 ``history_timestamps``  list of unix seconds, opt.  times of ``item_history`` (time-gap sessions)
+``behavior_history``    list of ints/strings, opt.  behaviour type of each ``item_history`` entry
+                                                    (click, cart, buy...): sessions carry it
 ``timestamp``           unix seconds, optional      time of the impression (kept, not used)
 ``split``               train / valid / test, opt.  when all splits are in one file
 any other column        int or string               a context feature, if named in ``context_columns``
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "label", "item_history")
-LIST_COLUMNS = ("item_history", "cate_history", "history_timestamps")
+LIST_COLUMNS = ("item_history", "cate_history", "history_timestamps", "behavior_history")
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 _ENDINGS = (".parquet", ".csv")
@@ -113,6 +115,7 @@ class TableVocabularies:
     items: Vocabulary
     cates: Optional[Vocabulary]
     context: dict[str, Vocabulary]
+    behaviors: Optional[Vocabulary] = None
 
 
 def find_split_files(root: str) -> dict[str, str]:
@@ -239,7 +242,7 @@ def validate_table(table: pa.Table, source: str) -> None:
             row = _first_row(pc.is_null(column))
             raise ValueError(f"{source}: column {name!r} is null at row {row} (write an empty list for no history)")
     lengths = pc.list_value_length(table["item_history"])
-    for name in ("cate_history", "history_timestamps"):
+    for name in ("cate_history", "history_timestamps", "behavior_history"):
         if name in table.column_names:
             differs = pc.not_equal(pc.list_value_length(table[name]), lengths)
             if pc.any(differs).as_py():
@@ -290,6 +293,7 @@ def build_vocabularies(train: pa.Table, context_columns: Sequence[str] = ()) -> 
         items=Vocabulary(items),
         cates=cates,
         context={name: Vocabulary(train[name]) for name in context_columns},
+        behaviors=Vocabulary(pc.list_flatten(train["behavior_history"])) if "behavior_history" in train.column_names else None,
     )
 
 
@@ -298,17 +302,23 @@ def encode_table(
     vocabularies: TableVocabularies,
     options: SequenceOptions,
     context_columns: Sequence[str] = (),
+    long_behaviors: Optional[Sequence[object]] = None,
+    session_behaviors: Optional[Sequence[object]] = None,
 ) -> dict[str, np.ndarray]:
     """Encode a validated table into the stored sample columns of :data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`.
 
     Returns:
         Columns ``user``, ``target_item``, ``target_cate``, ``label`` of shape ``(R,)``,
         ``long_items``/``long_cates`` of shape ``(R, L)``, ``session_items``/``session_cates``
-        of shape ``(R, K, N)``, and ``context`` of shape ``(R, C)`` when ``context_columns`` is
-        not empty.
+        of shape ``(R, K, N)``, ``context`` of shape ``(R, C)`` when ``context_columns`` is
+        not empty, and ``session_behaviors`` of shape ``(R, K, N)`` when the table has a
+        ``behavior_history`` column. ``long_behaviors`` and ``session_behaviors`` (raw type
+        values; ``None``: all) select the history entries the long-term sequence and the
+        sessions may hold, as the Taobao-format loader does.
 
     Raises:
-        ValueError: ``time_gap`` sessions without a ``history_timestamps`` column.
+        ValueError: ``time_gap`` sessions without a ``history_timestamps`` column, or behaviour
+            filters without a ``behavior_history`` column.
     """
     rows = table.num_rows
     item_type = vocabularies.items.keys.type
@@ -327,10 +337,21 @@ def encode_table(
             raise ValueError("session_split='time_gap' needs a 'history_timestamps' column; the table has none (use 'chunk')")
         flat_times = table["history_timestamps"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
 
+    flat_behaviors = flat_in_long = flat_in_sessions = None
+    if "behavior_history" in table.column_names:
+        raw_behaviors = table["behavior_history"].combine_chunks().flatten()
+        assert vocabularies.behaviors is not None, "vocabularies built from a table without behavior_history"
+        flat_behaviors = vocabularies.behaviors.encode(raw_behaviors)
+        flat_in_long = _member(raw_behaviors, long_behaviors)
+        flat_in_sessions = _member(raw_behaviors, session_behaviors)
+    elif long_behaviors is not None or session_behaviors is not None:
+        raise ValueError("long_behaviors / session_behaviors need a 'behavior_history' column; the table has none")
+
     long_items = np.zeros((rows, options.long_len), dtype=np.int64)
     long_cates = np.zeros_like(long_items)
     session_items = np.zeros((rows, options.num_sessions, options.session_len), dtype=np.int64)
     session_cates = np.zeros_like(session_items)
+    session_behavior_ids = None if flat_behaviors is None else np.zeros_like(session_items)
     for row in range(rows):
         begin, end = offsets[row], offsets[row + 1]
         parts = split_history(
@@ -338,9 +359,14 @@ def encode_table(
             flat_cates[begin:end],
             options,
             times=None if flat_times is None else flat_times[begin:end],
+            behaviors=None if flat_behaviors is None else flat_behaviors[begin:end],
+            in_long=None if flat_in_long is None else flat_in_long[begin:end],
+            in_sessions=None if flat_in_sessions is None else flat_in_sessions[begin:end],
         )
         long_items[row], long_cates[row] = parts.long_items, parts.long_cates
         session_items[row], session_cates[row] = parts.session_items, parts.session_cates
+        if session_behavior_ids is not None:
+            session_behavior_ids[row] = parts.session_behaviors
 
     if vocabularies.cates is not None and "cate_id" in table.column_names:
         target_cate = vocabularies.cates.encode(table["cate_id"])
@@ -358,13 +384,26 @@ def encode_table(
     }
     if context_columns:
         columns["context"] = np.stack([vocabularies.context[name].encode(table[name]) for name in context_columns], axis=1)
+    if session_behavior_ids is not None:
+        columns["session_behaviors"] = session_behavior_ids
     assert PAD_ID == 0  # the zero-initialised arrays above rely on it
     return columns
+
+
+def _member(values: pa.Array, allowed: Optional[Sequence[object]]) -> Optional[np.ndarray]:
+    """Bool array: which ``values`` are in ``allowed`` (``None`` when every value is)."""
+    if allowed is None:
+        return None
+    value_set = pa.array(list(allowed))
+    if value_set.type != values.type:
+        values, value_set = values.cast(pa.string()), value_set.cast(pa.string())
+    return pc.fill_null(pc.is_in(values, value_set=value_set), False).to_numpy(zero_copy_only=False)
 
 
 def vocabulary_sizes(vocabularies: TableVocabularies, context_columns: Sequence[str] = ()) -> Mapping[str, object]:
     """Sizes for a :class:`~ifusion_plugin.batch.FeatureSpec`."""
     return {
+        "num_behaviors": len(vocabularies.behaviors) if vocabularies.behaviors is not None else 0,
         "num_users": len(vocabularies.users),
         "num_items": len(vocabularies.items),
         "num_cates": len(vocabularies.cates) if vocabularies.cates is not None else FIRST_ID,

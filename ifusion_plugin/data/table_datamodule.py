@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +64,10 @@ class TableDataModule(CTRDataModule):
             ``history_timestamps`` column.
         seed: seed of the train shuffling (seed + epoch).
         batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: the loaders.
+        long_behaviors, session_behaviors: with a ``behavior_history`` column, the behaviour
+            types (as the file spells them) the long-term sequence and the sessions may hold
+            (``None``: all); the paper's heterogeneous setting takes the long-term sequence from
+            one kind and the sessions from all. Batches then carry ``session_behaviors``.
         cache_dir: where the encoded splits are cached (``None``: the base class default,
             ``$IFUSION_CACHE_DIR`` or ``~/.cache/ifusion-plugin``); the key covers every option
             above that changes content, the resolved ``root`` and the files' sizes and mtimes.
@@ -92,9 +96,16 @@ class TableDataModule(CTRDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         cache_dir: Optional[str] = None,
+        long_behaviors: Optional[Sequence[Union[int, str]]] = None,
+        session_behaviors: Optional[Sequence[Union[int, str]]] = None,
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
                          seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, "error")
+        for name, value in (("long_behaviors", long_behaviors), ("session_behaviors", session_behaviors)):
+            if value is not None and (isinstance(value, str) or len(value) == 0):
+                raise ValueError(f"{name} must be a non-empty list of behaviour types, got {value!r}")
+        self.long_behaviors = None if long_behaviors is None else list(long_behaviors)
+        self.session_behaviors = None if session_behaviors is None else list(session_behaviors)
         if not list_separator:
             raise ValueError("list_separator must not be empty")
         if len(set(context_columns)) != len(context_columns):
@@ -121,6 +132,8 @@ class TableDataModule(CTRDataModule):
             "context_columns": self.context_columns,
             "list_separator": self.list_separator,
             "encoded_ids": self.encoded_ids,
+            "long_behaviors": self.long_behaviors,
+            "session_behaviors": self.session_behaviors,
         }
 
     def _build(self) -> tuple[SplitArrays, FeatureSpec]:
@@ -137,7 +150,8 @@ class TableDataModule(CTRDataModule):
         )
         splits = {
             split: {
-                **encode_table(table, vocabularies, self.sequence_options, self.context_columns),
+                **encode_table(table, vocabularies, self.sequence_options, self.context_columns,
+                               self.long_behaviors, self.session_behaviors),
                 # Kept as written (ints or strings), so predictions name ids unseen in train too.
                 **{name: table[name] for name in RAW_ID_COLUMNS},
             }
@@ -200,4 +214,5 @@ class TableDataModule(CTRDataModule):
             items=identity(sizes.get("item_id", largest(["item_id", "item_history"]))),
             cates=identity(sizes.get("cate_id", largest(["cate_id", "cate_history"]))) if has_cates else None,
             context={name: identity(largest([name])) for name in self.context_columns},
+            behaviors=identity(largest(["behavior_history"])) if "behavior_history" in tables["train"].column_names else None,
         )

@@ -23,7 +23,7 @@ class AvgPoolDNN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_pooling: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
 
     Example:
@@ -43,7 +43,10 @@ class AvgPoolDNN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_layers: int = 1,
         session_pooling: SessionPooling = "mean",
+        session_positions: bool = True,
+        embedding_std: float = 0.01,
     ) -> None:
         super().__init__(
             spec,
@@ -55,7 +58,10 @@ class AvgPoolDNN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_layers=session_layers,
             session_pooling=session_pooling,
+            session_positions=session_positions,
+            embedding_std=embedding_std,
         )
         self._build_fusion_and_head(self.item_dim)
 

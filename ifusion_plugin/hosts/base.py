@@ -44,7 +44,9 @@ class CTRHost(nn.Module):
 
     - item, category and user embeddings of width ``embed_dim`` (index 0 is padding and embeds
       to zeros), and one embedding per context column of ``spec.context_cardinalities``;
-      a behaviour's features are ``[item, cate]`` of width ``2 * embed_dim``;
+      a behaviour's features are ``[item, cate]`` of width ``2 * embed_dim``; with behaviour
+      types (``spec.num_behaviors > 0``) a session behaviour's features add the embedding of
+      its type (width ``2 * embed_dim``);
     - the short-term :class:`SessionEncoder` giving ``h_sessions`` of shape
       ``(B, K, 2 * embed_dim)``;
     - the fusion slot, built as ``fusion(long_dim, session_dim)``;
@@ -67,9 +69,15 @@ class CTRHost(nn.Module):
         session_heads: attention heads of the session encoder; must divide ``2 * embed_dim``.
         session_feedforward_dim: feed-forward width of the session encoder.
         session_dropout: dropout inside the session encoder.
+        session_layers: transformer layers of the session encoder (``0``: the behaviours' own
+            features are pooled, as FuxiCTR's short-term branch reads them).
+        session_positions: a learned positional embedding on the session behaviours (see
+            :class:`~ifusion_plugin.hosts.layers.SessionEncoder`).
+        embedding_std: standard deviation of the normal initialisation of every embedding
+            (FuxiCTR: 1e-4).
         session_pooling: ``"mean"`` (default) or ``"target"``: how the session encoder pools a
             session's behaviours (see :class:`~ifusion_plugin.hosts.layers.SessionEncoder`);
-            ``"target"`` makes every session vector candidate-aware.
+            ``"target"`` and ``"attention"`` make every session vector candidate-aware.
 
     Call arguments (``forward``):
         batch: a :class:`~ifusion_plugin.batch.CTRBatch` whose shapes match ``spec``
@@ -91,7 +99,10 @@ class CTRHost(nn.Module):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_layers: int = 1,
         session_pooling: SessionPooling = "mean",
+        session_positions: bool = True,
+        embedding_std: float = 0.01,
     ) -> None:
         super().__init__()
         if not isinstance(spec, FeatureSpec):
@@ -101,6 +112,8 @@ class CTRHost(nn.Module):
             raise ValueError(f"fusion must be a callable (long_dim, session_dim) -> FusionLayer, got {fusion!r}")
         self._head_dims = _check_dims("head_dims", head_dims)
         _check_dropout("head_dropout", head_dropout)
+        if not float(embedding_std) > 0:
+            raise ValueError(f"embedding_std must be positive, got {embedding_std!r}")
         self.spec = spec
         self.embed_dim = embed_dim
         self.item_dim = 2 * embed_dim
@@ -114,10 +127,17 @@ class CTRHost(nn.Module):
         self.context_embeddings = nn.ModuleList(
             nn.Embedding(cardinality, embed_dim, padding_idx=PAD_ID) for cardinality in spec.context_cardinalities
         )
-        for embedding in (self.item_embedding, self.cate_embedding, self.user_embedding, *self.context_embeddings):
+        # Behaviour types (click, cart, buy...) of the session behaviours, summed into their
+        # [item, cate] features as a transformer's segment embedding is: the session width, and
+        # so every fusion layer's input, stays the same with or without types.
+        self.behavior_embedding: Optional[nn.Embedding] = (
+            nn.Embedding(spec.num_behaviors, self.item_dim, padding_idx=PAD_ID) if spec.num_behaviors else None
+        )
+        typed = (self.behavior_embedding,) if self.behavior_embedding is not None else ()
+        for embedding in (self.item_embedding, self.cate_embedding, self.user_embedding, *self.context_embeddings, *typed):
             # Small initial embeddings (as FuxiCTR's default std 1e-4 ... 1e-2): N(0, 1) rows
             # would dominate the head's first layer at the start of training.
-            nn.init.normal_(embedding.weight, std=0.01)
+            nn.init.normal_(embedding.weight, std=embedding_std)
             with torch.no_grad():
                 embedding.weight[PAD_ID].zero_()
         self.session_encoder = SessionEncoder(
@@ -126,7 +146,9 @@ class CTRHost(nn.Module):
             num_heads=session_heads,
             feedforward_dim=session_feedforward_dim,
             dropout=session_dropout,
+            num_layers=session_layers,
             pooling=session_pooling,
+            positions=session_positions,
         )
         self.session_dim = self.item_dim
 
@@ -169,6 +191,14 @@ class CTRHost(nn.Module):
         caller has it; only ``session_pooling="target"`` reads it.
         """
         behaviours = self.embed_items(batch.session_items, batch.session_cates)
+        if self.behavior_embedding is not None:
+            if batch.session_behaviors is None:
+                raise ValueError(
+                    f"batch.session_behaviors must be a (B, K, N) tensor: the spec declares num_behaviors={self.spec.num_behaviors}"
+                )
+            behaviours = behaviours + self.behavior_embedding(batch.session_behaviors)
+        elif batch.session_behaviors is not None:
+            raise ValueError("batch.session_behaviors is given but the spec declares no behaviour types (num_behaviors=0)")
         if self.session_encoder.pooling == "target" and target is None:
             target = self.embed_target(batch)
         return self.session_encoder(behaviours, batch.session_item_mask, target)

@@ -25,7 +25,7 @@ class DIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_pooling: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
         attention_hidden_dims: hidden widths of the activation unit (DIN and FuxiCTR: ``(64,)``).
         attention_activation: ``"prelu"`` (default), ``"relu"`` or ``"sigmoid"``.
@@ -44,7 +44,10 @@ class DIN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_layers: int = 1,
         session_pooling: SessionPooling = "mean",
+        session_positions: bool = True,
+        embedding_std: float = 0.01,
         attention_hidden_dims: Sequence[int] = (64,),
         attention_activation: Activation = "prelu",
         attention_softmax: bool = False,
@@ -59,7 +62,10 @@ class DIN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_layers=session_layers,
             session_pooling=session_pooling,
+            session_positions=session_positions,
+            embedding_std=embedding_std,
         )
         self.attention = ActivationUnitAttention(
             self.item_dim, attention_hidden_dims, activation=attention_activation, use_softmax=attention_softmax

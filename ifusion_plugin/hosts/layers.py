@@ -317,7 +317,8 @@ def gather_positions(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
-SessionPooling = Literal["mean", "target"]
+SessionPooling = Literal["mean", "target", "attention"]
+_SESSION_POOLINGS: tuple[str, ...] = ("mean", "target", "attention")
 
 
 class SessionEncoder(nn.Module):
@@ -334,17 +335,24 @@ class SessionEncoder(nn.Module):
         num_heads: attention heads of the encoder layer; must divide ``dim``.
         feedforward_dim: hidden width of the encoder layer's feed-forward block.
         dropout: dropout inside the encoder layer.
+        num_layers: transformer encoder layers (default 1, as DESIGN.md reads the paper); ``0``
+            pools the behaviours' own features, as FuxiCTR's short-term branch reads them.
+        positions: add a learned positional embedding to the behaviours before the encoder
+            layers (default True). A pooling alone is order-blind, so ``num_layers=0`` with
+            positions adds a per-position vector to every pooled session.
         pooling: ``"mean"``: masked mean over each session's behaviours (the session vector
             does not depend on the candidate); ``"target"``: target attention within each
             session (DIN-style, one softmax per session over its behaviours, queried by a
-            projection of the candidate), so each session vector is candidate-aware, as the
-            short-term branch of SIM and TWIN in FuxiCTR.
+            projection of the candidate), so each session vector is candidate-aware;
+            ``"attention"``: multi-head target attention within each session with query, key and
+            value projections (:class:`MultiHeadTargetAttention`, ``num_heads`` heads), the form
+            of the short-term branch of SIM and TWIN in FuxiCTR.
 
     Call arguments:
         behaviours: tensor of shape ``(B, K, N, dim)``.
         mask: bool tensor of shape ``(B, K, N)``, True at real behaviours.
         target: tensor of shape ``(B, dim)``, the candidate's features; required by
-            ``pooling="target"``, ignored otherwise.
+            ``pooling="target"`` and ``"attention"``, ignored otherwise.
 
     Returns:
         Tensor of shape ``(B, K, dim)``; zeros for empty sessions.
@@ -358,37 +366,57 @@ class SessionEncoder(nn.Module):
         num_heads: int = 2,
         feedforward_dim: int = 128,
         dropout: float = 0.0,
+        num_layers: int = 1,
         pooling: SessionPooling = "mean",
+        positions: bool = True,
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "target"):
-            raise ValueError(f"session_pooling must be 'mean' or 'target', got {pooling!r}")
+        if pooling not in _SESSION_POOLINGS:
+            raise ValueError(f"session_pooling must be one of {_SESSION_POOLINGS}, got {pooling!r}")
         for name, value in (("dim", dim), ("session_len", session_len), ("session_heads", num_heads), ("session_feedforward_dim", feedforward_dim)):
             _check_positive_int(name, value)
         if dim % num_heads != 0:
             raise ValueError(f"session_heads must divide the session width {dim}, got {num_heads}")
         _check_dropout("session_dropout", dropout)
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+            raise ValueError(f"session_layers must be a non-negative int, got {num_layers!r}")
         self.dim = dim
-        self.position = nn.Parameter(torch.zeros(session_len, dim))
-        nn.init.normal_(self.position, std=0.02)
-        self.layer = nn.TransformerEncoderLayer(
-            dim, num_heads, dim_feedforward=feedforward_dim, dropout=dropout, batch_first=True
+        self.position: Optional[nn.Parameter] = None
+        if positions:
+            self.position = nn.Parameter(torch.zeros(session_len, dim))
+            nn.init.normal_(self.position, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=feedforward_dim, dropout=dropout, batch_first=True)
+            for _ in range(num_layers)
         )
         self.pooling = pooling
         self.target_query: Optional[nn.Linear] = nn.Linear(dim, dim) if pooling == "target" else None
+        self.target_attention: Optional[MultiHeadTargetAttention] = (
+            MultiHeadTargetAttention(dim, dim, dim, num_heads) if pooling == "attention" else None
+        )
 
     def forward(self, behaviours: Tensor, mask: Tensor, target: Optional[Tensor] = None) -> Tensor:
         batch, sessions, length, dim = behaviours.shape
-        flat = behaviours.reshape(batch * sessions, length, dim) + self.position[-length:]
+        flat = behaviours.reshape(batch * sessions, length, dim)
+        if self.position is not None:
+            flat = flat + self.position[-length:]
         flat_mask = mask.reshape(batch * sessions, length)
         present = flat_mask.any(dim=1, keepdim=True)
         padding = ~(flat_mask | ~present)  # empty sessions attend to everything (see docstring)
-        encoded = self.layer(flat, src_key_padding_mask=padding).view(batch, sessions, length, dim)
-        if self.target_query is None:
+        for layer in self.layers:
+            flat = layer(flat, src_key_padding_mask=padding)
+        encoded = flat.view(batch, sessions, length, dim)
+        if self.pooling == "mean":
             weights = mask.to(encoded.dtype).unsqueeze(-1)
             return (encoded * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
         if target is None:
-            raise ValueError("session_pooling='target' needs the candidate's features: pass target of shape (B, dim)")
+            raise ValueError(f"session_pooling={self.pooling!r} needs the candidate's features: pass target of shape (B, dim)")
+        if self.target_attention is not None:
+            # Every session of a row is queried by the same candidate; an empty session pools
+            # to zeros (MultiHeadTargetAttention's rows without a present position).
+            queries = target.repeat_interleave(sessions, dim=0)  # (B * K, dim)
+            return self.target_attention(queries, flat, flat_mask).view(batch, sessions, -1)
+        assert self.target_query is not None
         query = self.target_query(target).view(batch, 1, 1, dim)
         scores = (encoded * query).sum(dim=-1) / math.sqrt(dim)  # (B, K, N)
         # An empty session's weights are all zero, so its vector is zero (the fusion is told

@@ -38,7 +38,7 @@ class TWIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_pooling: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
         top_k: behaviours kept by the CP-GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
@@ -62,7 +62,10 @@ class TWIN(CTRHost):
         session_heads: int = 2,
         session_feedforward_dim: int = 128,
         session_dropout: float = 0.0,
+        session_layers: int = 1,
         session_pooling: SessionPooling = "mean",
+        session_positions: bool = True,
+        embedding_std: float = 0.01,
         top_k: int = 50,
         attention_dim: int = 64,
         num_heads: int = 2,
@@ -81,7 +84,10 @@ class TWIN(CTRHost):
             session_heads=session_heads,
             session_feedforward_dim=session_feedforward_dim,
             session_dropout=session_dropout,
+            session_layers=session_layers,
             session_pooling=session_pooling,
+            session_positions=session_positions,
+            embedding_std=embedding_std,
         )
         self.top_k = top_k
         self.cp_scoring = cp_scoring

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def quality(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.quality", "--quick", "--out", str(out)],
+    return subprocess.run([sys.executable, "-m", "benchmarks.quality", "--quick", "--out", str(out),
+                           "--predictions", str(out.parent / "predictions"), "--logs", str(out.parent / "logs")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -35,6 +36,20 @@ def test_quality_quick_and_resume(tmp_path) -> None:
     assert all(a != b for a, b in by_cell.values())
     table = (out / "table.md").read_text()
     assert "| TWIN | ifusion | 2 |" in table and "+-" in table
+    assert all(r["commit"] and r["command"].startswith("python -m ifusion_plugin.cli fit") for r in rows)
+    assert sorted(path.name for path in (out / "configs").iterdir()) == sorted(
+        f"{h}-{f}-seed{s}.yaml" for h in ("avgpool", "twin") for f in ("concat", "ifusion") for s in (0, 1))
+    # The paired column: iFusion against concat of the same host, on both seeds' test rows.
+    pairs = json.loads((out / "paired.json").read_text())
+    assert sorted(pairs) == ["avgpool/ifusion", "twin/ifusion"]
+    assert all(p["seeds"] == 2 and p["low"] <= p["diff"] <= p["high"] for p in pairs.values())
+    assert "Popularity-only test AUC: 0." in table and "paired diff vs concat" in table
+
+    # --report rebuilds the same table from the committed raw results alone.
+    report = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--report", "--out", str(out),
+                             "--predictions", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (out / "table.md").read_text().split("\n", 1)[1] == table.split("\n", 1)[1]
 
     # A second call finds every run done: nothing is run again, nothing is lost.
     before = (out / "runs.jsonl").read_text()

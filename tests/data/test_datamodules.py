@@ -150,3 +150,19 @@ def test_synthetic_deterministic_shuffled_and_signal(tmp_path):
     hit = (hist == tr["target_cate"][:, None]).mean(axis=1)
     assert hit[pos].mean() > 2 * hit[neg].mean()
     assert (tr["target_item"] != OOV_ID).all()
+
+
+def test_test_per_user_takes_the_last_positions():
+    users, seqs, cate_of = _seqs()
+    out, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, test_per_user=3)
+    one, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20)
+    assert len(out["test"]["label"]) == 3 * len(one["test"]["label"])
+    for ui, seq in enumerate(seqs):
+        positives = out["test"]["item_id"][(out["test"]["user_id"] == users[ui]) & (out["test"]["label"] == 1)]
+        assert positives.tolist() == seq[-3:].tolist()
+        valid = out["valid"]["item_id"][(out["valid"]["user_id"] == users[ui]) & (out["valid"]["label"] == 1)]
+        assert valid.tolist() == [seq[-4]]
+        train = out["train"]["item_id"][(out["train"]["user_id"] == users[ui]) & (out["train"]["label"] == 1)]
+        assert set(train.tolist()).isdisjoint(seq[-4:].tolist())
+    with pytest.raises(ValueError, match="test_per_user must be a positive int, got 0"):
+        build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, test_per_user=0)
