@@ -41,6 +41,12 @@ STEPS: list[tuple[str, str | None, str, list[str]]] = [
      [f"{HOST}session_pooling=attention"]),
     ("s9", "s8", "no positional embedding on the session behaviours (FuxiCTR's target attention has none)",
      [f"{HOST}session_positions=false"]),
+    ("s10", "s9", "one session of the latest 20 behaviours: FuxiCTR's short branch (multi-head target attention over them)",
+     ["--data.init_args.num_sessions=1", "--data.init_args.session_len=20"]),
+    ("s11", "s3", "Xavier-normal weights and zero biases in the host's linear layers (FuxiCTR's initialisation)",
+     [f"{HOST}linear_init=xavier"]),
+    ("s12", "s11", "the one-layer session transformer back (the paper's short-term encoder), Xavier-initialised",
+     [f"{HOST}session_layers=1"]),
 ]
 NAMES = [name for name, _, _, _ in STEPS]
 
@@ -102,17 +108,22 @@ def sweep(args: argparse.Namespace) -> None:
                 print(f"{host}/{step}/{seed}: val AUC {metrics['val_auc']:.4f} ({row['wall_s']:.0f} s)", flush=True)
 
 
+def spread(values: list[float]) -> str:
+    """``mean`` for one value, ``mean +- sample std`` for several."""
+    mean = statistics.fmean(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} +- {statistics.stdev(values):.4f}"
+
+
 def table(runs: dict[tuple[str, str, int], dict]) -> str:
-    lines = ["| host | step | built on | what changes | seeds | val AUC | test AUC | train samples/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| host | step | built on | what changes | seeds | val AUC | test AUC (reported, not chosen on) | train samples/s |", "|---|---|---|---|---|---|---|---|"]
     for host in HOST_NAMES:
         for name, base, what, _ in STEPS:
             rows = [row for (h, s, _), row in sorted(runs.items()) if h == host and s == name]
             if not rows:
                 continue
-            val = statistics.fmean(r["val_auc"] for r in rows)
-            test = statistics.fmean(r["test_auc"] for r in rows)
             speed = statistics.fmean(r["train_samples_per_s"] for r in rows)
-            lines.append(f"| {HOST_NAMES[host]} | {name} | {base or '-'} | {what} | {len(rows)} | {val:.4f} | {test:.4f} | {speed:,.0f} |")
+            lines.append(f"| {HOST_NAMES[host]} | {name} | {base or '-'} | {what} | {len(rows)} | {spread([r['val_auc'] for r in rows])} "
+                         f"| {spread([r['test_auc'] for r in rows])} | {speed:,.0f} |")
     return "\n".join(lines)
 
 

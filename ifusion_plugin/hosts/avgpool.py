@@ -23,7 +23,7 @@ class AvgPoolDNN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
 
     Example:
@@ -47,6 +47,7 @@ class AvgPoolDNN(CTRHost):
         session_pooling: SessionPooling = "mean",
         session_positions: bool = True,
         embedding_std: float = 0.01,
+        linear_init: LinearInit = "torch",
     ) -> None:
         super().__init__(
             spec,
@@ -62,6 +63,7 @@ class AvgPoolDNN(CTRHost):
             session_pooling=session_pooling,
             session_positions=session_positions,
             embedding_std=embedding_std,
+            linear_init=linear_init,
         )
         self._build_fusion_and_head(self.item_dim)
 

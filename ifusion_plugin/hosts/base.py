@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..batch import PAD_ID, CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory, FusionLayer
-from .layers import MLP, SessionEncoder, SessionPooling, _check_dropout, _check_dims, _check_positive_int
+from .layers import MLP, LinearInit, SessionEncoder, SessionPooling, _check_dropout, _check_dims, _check_positive_int
 
 __all__ = ["HostOutput", "CTRHost"]
 
@@ -75,6 +75,10 @@ class CTRHost(nn.Module):
             :class:`~ifusion_plugin.hosts.layers.SessionEncoder`).
         embedding_std: standard deviation of the normal initialisation of every embedding
             (FuxiCTR: 1e-4).
+        linear_init: ``"torch"`` (default: PyTorch's own initialisation of ``nn.Linear``) or
+            ``"xavier"`` (Xavier-normal weights and zero biases, FuxiCTR's) for the host's linear
+            layers; the fusion layer keeps its own initialisation either way, so fusion layers
+            compare on the same host.
         session_pooling: ``"mean"`` (default) or ``"target"``: how the session encoder pools a
             session's behaviours (see :class:`~ifusion_plugin.hosts.layers.SessionEncoder`);
             ``"target"`` and ``"attention"`` make every session vector candidate-aware.
@@ -103,6 +107,7 @@ class CTRHost(nn.Module):
         session_pooling: SessionPooling = "mean",
         session_positions: bool = True,
         embedding_std: float = 0.01,
+        linear_init: LinearInit = "torch",
     ) -> None:
         super().__init__()
         if not isinstance(spec, FeatureSpec):
@@ -112,6 +117,9 @@ class CTRHost(nn.Module):
             raise ValueError(f"fusion must be a callable (long_dim, session_dim) -> FusionLayer, got {fusion!r}")
         self._head_dims = _check_dims("head_dims", head_dims)
         _check_dropout("head_dropout", head_dropout)
+        if linear_init not in ("torch", "xavier"):
+            raise ValueError(f"linear_init must be 'torch' or 'xavier', got {linear_init!r}")
+        self._linear_init = linear_init
         if not float(embedding_std) > 0:
             raise ValueError(f"embedding_std must be positive, got {embedding_std!r}")
         self.spec = spec
@@ -170,6 +178,13 @@ class CTRHost(nn.Module):
             + (long_dim if self.head_sees_long else 0)
         )
         self.head = MLP(head_in, self._head_dims, out_dim=1, activation="relu", dropout=self._head_dropout)
+        if self._linear_init == "xavier":
+            fusion_modules = set(self.fusion.modules())
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and module not in fusion_modules:
+                    nn.init.xavier_normal_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     # ----------------------------------------------------------------- embedding helpers
     def embed_items(self, items: Tensor, cates: Tensor) -> Tensor:
@@ -188,7 +203,7 @@ class CTRHost(nn.Module):
         """``h_sessions``, tensor of shape ``(B, K, 2 * embed_dim)``; zeros for missing sessions.
 
         ``target`` (``(B, 2 * embed_dim)``, :meth:`embed_target`) saves its recomputation when the
-        caller has it; only ``session_pooling="target"`` reads it.
+        caller has it; only a candidate-aware ``session_pooling`` reads it.
         """
         behaviours = self.embed_items(batch.session_items, batch.session_cates)
         if self.behavior_embedding is not None:
@@ -199,7 +214,7 @@ class CTRHost(nn.Module):
             behaviours = behaviours + self.behavior_embedding(batch.session_behaviors)
         elif batch.session_behaviors is not None:
             raise ValueError("batch.session_behaviors is given but the spec declares no behaviour types (num_behaviors=0)")
-        if self.session_encoder.pooling == "target" and target is None:
+        if self.session_encoder.pooling != "mean" and target is None:
             target = self.embed_target(batch)
         return self.session_encoder(behaviours, batch.session_item_mask, target)
 

@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 Activation = Literal["relu", "prelu", "sigmoid"]
+LinearInit = Literal["torch", "xavier"]
 _ACTIVATIONS: tuple[str, ...] = ("relu", "prelu", "sigmoid")
 
 

@@ -12,7 +12,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
+from .layers import LinearInit, SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
 
 __all__ = ["SIM"]
 
@@ -40,7 +40,7 @@ class SIM(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
         search: ``"soft"`` (default) or ``"hard"``.
         top_k: behaviours kept by the GSU (positive; default 50).
@@ -68,6 +68,7 @@ class SIM(CTRHost):
         session_pooling: SessionPooling = "mean",
         session_positions: bool = True,
         embedding_std: float = 0.01,
+        linear_init: LinearInit = "torch",
         search: SearchMode = "soft",
         top_k: int = 50,
         attention_dim: int = 64,
@@ -90,6 +91,7 @@ class SIM(CTRHost):
             session_pooling=session_pooling,
             session_positions=session_positions,
             embedding_std=embedding_std,
+            linear_init=linear_init,
         )
         self.search = search
         self.top_k = top_k

@@ -12,7 +12,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
+from .layers import LinearInit, SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
 
 __all__ = ["TWIN"]
 
@@ -38,7 +38,7 @@ class TWIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std: see
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
         :class:`~ifusion_plugin.hosts.CTRHost`.
         top_k: behaviours kept by the CP-GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
@@ -66,6 +66,7 @@ class TWIN(CTRHost):
         session_pooling: SessionPooling = "mean",
         session_positions: bool = True,
         embedding_std: float = 0.01,
+        linear_init: LinearInit = "torch",
         top_k: int = 50,
         attention_dim: int = 64,
         num_heads: int = 2,
@@ -88,6 +89,7 @@ class TWIN(CTRHost):
             session_pooling=session_pooling,
             session_positions=session_positions,
             embedding_std=embedding_std,
+            linear_init=linear_init,
         )
         self.top_k = top_k
         self.cp_scoring = cp_scoring

@@ -311,6 +311,46 @@ def test_hosts_with_target_session_pooling(host_name: str) -> None:
     assert host.session_encoder.target_query.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("host_name", list(HOSTS))
+def test_hosts_with_peer_session_options(host_name: str) -> None:
+    # FuxiCTR's short branch: no transformer layer, multi-head target attention, no positions.
+    torch.manual_seed(0)
+    host = HOSTS[host_name](SPEC, session_layers=0, session_pooling="attention", session_positions=False)
+    assert len(host.session_encoder.layers) == 0 and host.session_encoder.position is None
+    batch = make_batch()
+    output = host(batch)
+    assert torch.isfinite(output.logits).all()
+    output.logits.sum().backward()
+    assert host.session_encoder.target_attention.query_projection.weight.grad.abs().sum() > 0
+    # The session vectors depend on the candidate: another target, other session vectors.
+    with torch.no_grad():
+        sessions = host.encode_sessions(batch)
+        batch.target_item = batch.target_item.roll(1)
+        assert not torch.equal(sessions, host.encode_sessions(batch))
+
+
+def test_attention_pooling_of_an_empty_session_is_zero_and_layers_stack() -> None:
+    torch.manual_seed(0)
+    encoder = SessionEncoder(8, 4, num_heads=2, feedforward_dim=16, num_layers=2, pooling="attention")
+    assert len(encoder.layers) == 2
+    behaviours, mask = torch.randn(3, 2, 4, 8), torch.ones(3, 2, 4, dtype=torch.bool)
+    mask[0, 0] = False
+    out = encoder(behaviours, mask, torch.randn(3, 8))
+    assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
+    assert out[0, 0].abs().sum() == 0 and out[0, 1].abs().sum() > 0
+
+
+def test_linear_init_and_embedding_std_leave_the_fusion_layer_alone() -> None:
+    torch.manual_seed(0)
+    xavier = TWIN(SPEC, linear_init="xavier", embedding_std=1e-4, fusion=functools.partial(ConcatFusion, fusion_dim=8))
+    assert all(float(m.bias.abs().sum()) == 0 for m in xavier.head.modules() if isinstance(m, torch.nn.Linear))
+    assert float(xavier.esu.query_projection.bias.abs().sum()) == 0
+    # The fusion layer keeps PyTorch's own initialisation (non-zero biases).
+    assert float(xavier.fusion.projection.bias.abs().sum()) > 0
+    assert float(xavier.item_embedding.weight[1:].std()) == pytest.approx(1e-4, rel=0.2)
+    assert float(xavier.item_embedding.weight[0].abs().sum()) == 0
+
+
 def test_context_features_and_head_sees_long() -> None:
     spec = FeatureSpec(30, 60, 8, long_len=12, num_sessions=3, session_len=4, context_cardinalities=(5, 7))
     host = HOSTS["DIN"](spec, head_sees_long=True)
@@ -340,6 +380,9 @@ def test_context_features_and_head_sees_long() -> None:
         (lambda: DIN(SPEC, attention_activation="tanh"), "attention_activation"),
         (lambda: AvgPoolDNN(SPEC, session_heads=3), "session_heads"),
         (lambda: TWIN(SPEC, session_pooling="max"), "session_pooling"),
+        (lambda: TWIN(SPEC, session_layers=-1), "session_layers"),
+        (lambda: TWIN(SPEC, embedding_std=0.0), "embedding_std"),
+        (lambda: TWIN(SPEC, linear_init="kaiming"), "linear_init"),
         (lambda: AvgPoolDNN(SPEC, head_dropout=1.0), "head_dropout"),
         (lambda: AvgPoolDNN(SPEC, fusion=42), "fusion"),
         (lambda: AvgPoolDNN(SPEC, fusion=lambda long_dim, session_dim: torch.nn.Linear(2, 2)), "fusion"),
