@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.quality import HOST_NAMES, ROOT, parse_metrics
+from benchmarks.quality import HOST_NAMES, ROOT, commit, parse_metrics
 
 HOST = "--model.init_args.host.init_args."
 # (name, the step it builds on, what changes, CLI options it adds). A step keeps every option of
@@ -47,6 +47,11 @@ STEPS: list[tuple[str, str | None, str, list[str]]] = [
      [f"{HOST}linear_init=xavier"]),
     ("s12", "s11", "the one-layer session transformer back (the paper's short-term encoder), Xavier-initialised",
      [f"{HOST}session_layers=1"]),
+    ("s13", "s11", "FuxiCTR's short branch on s11: multi-head target attention with projections over one session of the "
+     "latest 20 behaviours, no positions", [f"{HOST}session_pooling=attention", f"{HOST}session_positions=false",
+                                            "--data.init_args.num_sessions=1", "--data.init_args.session_len=20"]),
+    ("s14", "s11", "s11 with multi-head target attention pooling (projections, no positions) in each of the 4 sessions",
+     [f"{HOST}session_pooling=attention", f"{HOST}session_positions=false"]),
 ]
 NAMES = [name for name, _, _, _ in STEPS]
 
@@ -100,7 +105,7 @@ def sweep(args: argparse.Namespace) -> None:
                 metrics = parse_metrics(result.stdout)
                 if "val_auc" not in metrics:
                     raise RuntimeError(f"{host}/{step}/{seed}: no val_auc in the CLI output")
-                row = {"host": host, "step": step, "seed": seed, "wall_s": round(time.time() - start, 1),
+                row = {"host": host, "step": step, "seed": seed, "wall_s": round(time.time() - start, 1), "commit": commit(),
                        "command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""), **metrics}
                 with open(path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")

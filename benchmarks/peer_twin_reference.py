@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
+from benchmarks.quality import commit
 from ifusion_plugin.batch import CTRBatch, FeatureSpec
 from ifusion_plugin.data import TableDataModule
 
@@ -128,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "host-steps"))
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = commit()
     for seed in args.seeds:
         row = {"model": "FuxiCTR TWIN re-implemented on our loader", "seed": seed, "commit": head,
                "date": time.strftime("%Y-%m-%d"), **run(args.data_root, seed)}

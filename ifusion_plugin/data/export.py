@@ -176,6 +176,14 @@ def export_datamodule(
         raise ValueError(f"init_args must not set {clash}: the exporter fixes the sequence options")
     module = cls(**fixed, **kwargs)
     spec: FeatureSpec = module.feature_spec
+    if spec.num_behaviors:
+        # The export holds one history per sample; a typed source's long-term part and sessions
+        # may hold different behaviour kinds, which that history cannot carry: refuse rather
+        # than drop the types.
+        raise ValueError(
+            f"{cls.__name__} has behaviour types (num_behaviors={spec.num_behaviors}); the exporter writes no "
+            f"behavior_history yet: write such a table from the raw log instead (docs/table.md)"
+        )
     os.makedirs(out, exist_ok=True)
     written: dict[str, str] = {}
     for split in SPLITS:

@@ -323,7 +323,7 @@ _SESSION_POOLINGS: tuple[str, ...] = ("mean", "target", "attention")
 
 
 class SessionEncoder(nn.Module):
-    """The short-term encoder: one transformer encoder layer per session, then a pooling.
+    """The short-term encoder: transformer encoder layers per session (one by default), then a pooling.
 
     All ``B * K`` sessions go through one batched call with a key padding mask. A session with
     no behaviour would make attention over an empty set NaN: its rows are unmasked for the

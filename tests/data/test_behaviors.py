@@ -121,3 +121,14 @@ def test_table_behavior_history_column(tmp_path):
     no_types.to_parquet(tmp_path / "plain.parquet")
     with pytest.raises(ValueError, match="long_behaviors / session_behaviors need a 'behavior_history' column"):
         TableDataModule(root=str(tmp_path / "plain.parquet"), long_behaviors=["buy"], cache_dir=str(tmp_path / "f")).feature_spec
+
+
+def test_exporter_refuses_typed_sources(tmp_path):
+    from ifusion_plugin.data.export import export_datamodule
+
+    _write_log(tmp_path / "log", _log())
+    with pytest.raises(ValueError, match=r"TaobaoDataModule has behaviour types \(num_behaviors=5\)"):
+        export_datamodule("taobao", str(tmp_path / "out"), root=str(tmp_path / "log"), cache_dir=str(tmp_path / "c"),
+                          init_args={"positive_behaviors": ["buy"], "session_behaviors": ["buy", "cart", "fav"],
+                                     "min_train_position": 0})
+    assert not (tmp_path / "out" / "train.parquet").exists()
