@@ -25,7 +25,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,7 +36,6 @@ from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule, set_k
 from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, cli_fit_command, load_runs, parse_metrics, run_key
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
-from ifusion_plugin.fusion import InterestFusion
 from ifusion_plugin.task import CTRTask
 
 FUSION = "--model.init_args.host.init_args.fusion.init_args."

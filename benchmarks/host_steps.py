@@ -52,6 +52,8 @@ STEPS: list[tuple[str, str | None, str, list[str]]] = [
                                             "--data.init_args.num_sessions=1", "--data.init_args.session_len=20"]),
     ("s14", "s11", "s11 with multi-head target attention pooling (projections, no positions) in each of the 4 sessions",
      [f"{HOST}session_pooling=attention", f"{HOST}session_positions=false"]),
+    ("s15", "s11", "the ESU without query/value biases and with an output projection (FuxiCTR's attention layer)",
+     [f"{HOST}attention_bias=false", f"{HOST}attention_output=true"]),
 ]
 NAMES = [name for name, _, _, _ in STEPS]
 

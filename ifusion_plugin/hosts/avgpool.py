@@ -11,7 +11,7 @@ from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
 from .base import CTRHost
-from .layers import SessionPooling
+from .layers import LinearInit, SessionPooling
 
 __all__ = ["AvgPoolDNN"]
 

@@ -232,6 +232,10 @@ class MultiHeadTargetAttention(nn.Module):
         key_dim: width of each behaviour's features.
         attention_dim: total width of the query/key/value projections (the output width).
         num_heads: number of heads; must divide ``attention_dim``.
+        bias: biases on the query and value projections (default True); FuxiCTR's attention has
+            none. A query bias adds a target-independent preference for some behaviours.
+        output_projection: a bias-free ``attention_dim -> attention_dim`` projection after the
+            heads are concatenated, as FuxiCTR's ``W_o`` (default False).
 
     Call arguments:
         query: tensor of shape ``(B, query_dim)``.
@@ -242,7 +246,16 @@ class MultiHeadTargetAttention(nn.Module):
         Tensor of shape ``(B, attention_dim)``; zeros for rows without any present position.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, attention_dim: int = 64, num_heads: int = 2) -> None:
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        attention_dim: int = 64,
+        num_heads: int = 2,
+        *,
+        bias: bool = True,
+        output_projection: bool = False,
+    ) -> None:
         super().__init__()
         for name, value in (("query_dim", query_dim), ("key_dim", key_dim), ("attention_dim", attention_dim), ("num_heads", num_heads)):
             _check_positive_int(name, value)
@@ -252,9 +265,12 @@ class MultiHeadTargetAttention(nn.Module):
         self.attention_dim = attention_dim
         self.num_heads = num_heads
         self.head_dim = attention_dim // num_heads
-        self.query_projection = nn.Linear(query_dim, attention_dim)
+        self.query_projection = nn.Linear(query_dim, attention_dim, bias=bias)
         self.key_projection = nn.Linear(key_dim, attention_dim, bias=False)
-        self.value_projection = nn.Linear(key_dim, attention_dim)
+        self.value_projection = nn.Linear(key_dim, attention_dim, bias=bias)
+        self.output_projection: Optional[nn.Linear] = (
+            nn.Linear(attention_dim, attention_dim, bias=False) if output_projection else None
+        )
 
     def scores(self, query: Tensor, keys: Tensor) -> Tensor:
         """Scaled scores of every head, tensor of shape ``(B, L, num_heads)`` (unmasked)."""
@@ -270,9 +286,11 @@ class MultiHeadTargetAttention(nn.Module):
         pooled = torch.bmm(weights.transpose(1, 2), keys)  # (B, h, d)
         w_v = self.value_projection.weight.view(self.num_heads, self.head_dim, self.key_dim)
         values = torch.einsum("bhd,had->bha", pooled, w_v).reshape(-1, self.attention_dim)
-        # The value bias enters through sum(alpha) = 1, which is 0 for rows with no position.
-        has_any = mask.any(dim=1, keepdim=True).to(values.dtype)
-        return values + self.value_projection.bias * has_any
+        if self.value_projection.bias is not None:
+            # The value bias enters through sum(alpha) = 1, which is 0 for rows with no position.
+            has_any = mask.any(dim=1, keepdim=True).to(values.dtype)
+            values = values + self.value_projection.bias * has_any
+        return values if self.output_projection is None else self.output_projection(values)
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         return self.attend(self.scores(query, keys), keys, mask)
@@ -286,7 +304,8 @@ class MultiHeadTargetAttention(nn.Module):
         v = self.value_projection(keys).view(batch, length, heads, width).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(width)  # (B, h, L)
         weights = _masked_softmax(scores, mask.unsqueeze(1), dim=-1)
-        return (weights.unsqueeze(2) @ v).squeeze(2).reshape(batch, self.attention_dim)
+        out = (weights.unsqueeze(2) @ v).squeeze(2).reshape(batch, self.attention_dim)
+        return out if self.output_projection is None else self.output_projection(out)
 
 
 def masked_topk(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -46,6 +46,8 @@ class SIM(CTRHost):
         top_k: behaviours kept by the GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
         num_heads: ESU heads (default 2); must divide ``attention_dim``.
+        attention_bias: biases on the ESU's query and value projections (FuxiCTR: none).
+        attention_output: an output projection after the ESU's heads (FuxiCTR's ``W_o``).
 
     Raises:
         ValueError: ``search`` unknown, ``top_k``, ``attention_dim`` or ``num_heads`` not a
@@ -73,6 +75,8 @@ class SIM(CTRHost):
         top_k: int = 50,
         attention_dim: int = 64,
         num_heads: int = 2,
+        attention_bias: bool = True,
+        attention_output: bool = False,
     ) -> None:
         if search not in ("soft", "hard"):
             raise ValueError(f"search must be 'soft' or 'hard', got {search!r}")
@@ -95,7 +99,9 @@ class SIM(CTRHost):
         )
         self.search = search
         self.top_k = top_k
-        self.esu = MultiHeadTargetAttention(self.item_dim, self.item_dim, attention_dim, num_heads)
+        self.esu = MultiHeadTargetAttention(
+            self.item_dim, self.item_dim, attention_dim, num_heads, bias=attention_bias, output_projection=attention_output
+        )
         self._build_fusion_and_head(attention_dim)
 
     def retrieve(self, batch: CTRBatch) -> tuple[Tensor, Tensor]:

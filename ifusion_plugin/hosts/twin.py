@@ -43,6 +43,8 @@ class TWIN(CTRHost):
         top_k: behaviours kept by the CP-GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
         num_heads: ESU heads (default 2); must divide ``attention_dim``.
+        attention_bias: biases on the ESU's query and value projections (FuxiCTR: none).
+        attention_output: an output projection after the ESU's heads (FuxiCTR's ``W_o``).
         cp_scoring: ``"mean"`` (default) or ``"first_head"``.
 
     Raises:
@@ -70,6 +72,8 @@ class TWIN(CTRHost):
         top_k: int = 50,
         attention_dim: int = 64,
         num_heads: int = 2,
+        attention_bias: bool = True,
+        attention_output: bool = False,
         cp_scoring: CPScoring = "mean",
     ) -> None:
         if cp_scoring not in ("mean", "first_head"):
@@ -93,7 +97,9 @@ class TWIN(CTRHost):
         )
         self.top_k = top_k
         self.cp_scoring = cp_scoring
-        self.esu = MultiHeadTargetAttention(self.item_dim, self.item_dim, attention_dim, num_heads)
+        self.esu = MultiHeadTargetAttention(
+            self.item_dim, self.item_dim, attention_dim, num_heads, bias=attention_bias, output_projection=attention_output
+        )
         self._build_fusion_and_head(attention_dim)
 
     def retrieve(self, batch: CTRBatch) -> tuple[Tensor, Tensor]:

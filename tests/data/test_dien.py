@@ -1,6 +1,5 @@
 import pickle
 
-import numpy as np
 import pytest
 
 from ifusion_plugin.data import AmazonBooksDIENDataModule

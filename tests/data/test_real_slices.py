@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import pytest
 
 from ifusion_plugin.data import AmazonGroceryDataModule, TaobaoDataModule

@@ -396,3 +396,23 @@ def test_bad_options_raise_naming_the_argument(build, argument: str) -> None:
 def test_hosts_are_ctrhost_subclasses() -> None:
     for build in HOSTS.values():
         assert isinstance(build(SPEC), CTRHost)
+
+
+@pytest.mark.parametrize("output_projection", [False, True])
+def test_target_attention_without_bias_matches_its_textbook_form(output_projection: bool) -> None:
+    torch.manual_seed(0)
+    layer = MultiHeadTargetAttention(8, 6, attention_dim=8, num_heads=2, bias=False, output_projection=output_projection)
+    assert layer.query_projection.bias is None and layer.value_projection.bias is None
+    assert (layer.output_projection is not None) == output_projection
+    query, keys = torch.randn(4, 8), torch.randn(4, 5, 6)
+    mask = torch.rand(4, 5) > 0.3
+    mask[0] = False
+    torch.testing.assert_close(layer(query, keys, mask), layer.naive_forward(query, keys, mask))
+    assert layer(query, keys, mask)[0].abs().sum() == 0
+
+
+def test_sim_and_twin_take_the_peer_attention_form() -> None:
+    for build in (HOSTS["SIM-soft"], HOSTS["TWIN"]):
+        host = build(SPEC, attention_bias=False, attention_output=True)
+        assert host.esu.query_projection.bias is None and host.esu.output_projection is not None
+        assert torch.isfinite(host(make_batch()).logits).all()
