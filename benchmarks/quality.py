@@ -129,7 +129,8 @@ def predict_command(args: argparse.Namespace, fit_cmd: list[str], checkpoint: st
         if part == "--config":
             configs += ["--config", fit_cmd[i + 1]]
     data_root = ["--data.init_args.root", args.data_root] if args.data_root else []
-    extra = [o for o in list(args.extra) + (QUICK_OPTIONS if args.quick else []) if not o.startswith("--trainer.limit_train")]
+    # The fit's model and data options, so the checkpoint loads into the same model.
+    extra = list(args.extra) + (QUICK_OPTIONS if args.quick else [])
     return [sys.executable, "-m", "ifusion_plugin.cli", "predict", *configs, *data_root, *extra,
             "--ckpt_path", checkpoint, "--predict_split", "test", "--predictions_path", str(predictions_path(args, key)),
             "--overwrite_predictions", "true", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]

@@ -980,12 +980,12 @@ class TaobaoDataModule(CTRDataModule):
         arr = np.array([(r[0], r[1], r[2], r[4], type_id.get(r[3], OOV_ID), r[3] in self.positive_behaviors,
                          r[3] in self.long_behaviors, r[3] in self.session_behaviors) for r in rows],
                        dtype=np.int64).reshape(-1, 8)
-        users, _, times = _sequences_from_log(arr[:, 0], arr[:, 1], arr[:, 3])
-        # The same stable (user, time, file order) grouping for every per-row column.
-        order = np.lexsort((np.arange(len(arr)), arr[:, 3], arr[:, 0]))
-        grouped = arr[order]
-        ends = np.cumsum([len(t) for t in times])
-        parts = np.split(grouped, ends[:-1]) if len(grouped) else []
+        # Grouped by user in time order (file order breaks ties), as _sequences_from_log does,
+        # but keeping every per-row column (types, masks) with its row.
+        grouped = arr[np.lexsort((np.arange(len(arr)), arr[:, 3], arr[:, 0]))]
+        users, starts = np.unique(grouped[:, 0], return_index=True)
+        parts = np.split(grouped, starts[1:]) if len(grouped) else []
+        users, times = users.tolist(), [part[:, 3] for part in parts]
         cate_of = {int(i): int(c) for i, c in zip(arr[:, 1], arr[:, 2])}
         return build_ctr_samples(
             users, [part[:, 1] for part in parts], cate_of, self.sequence_options, seed=self.seed,
