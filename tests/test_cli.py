@@ -324,3 +324,12 @@ def test_cpu_precisions_stay_finite(in_tmp: Path, precision: str) -> None:
     metrics = metrics_of(cli, "")
     assert metrics and all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def test_plain_concat_recipe_builds_a_concat_without_projection(capsys) -> None:
+    """recipes/fusion/concat-plain.yaml in a host's fusion slot: fusion_dim null reaches the class."""
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={RECIPES / 'twin_concat.yaml'}",
+              f"--model.init_args.host.init_args.fusion={RECIPES / 'fusion' / 'concat-plain.yaml'}", "--print_config"])
+    fusion = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["host"]["init_args"]["fusion"]
+    assert fusion["class_path"].endswith("ConcatFusion") and fusion["init_args"]["fusion_dim"] is None

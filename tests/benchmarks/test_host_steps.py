@@ -11,10 +11,12 @@ from benchmarks import host_steps
 
 
 def test_step_options_follow_the_base_chain() -> None:
-    assert host_steps.step_options("s0") == []
+    # s0 pins the concat projection to PyTorch's initialisation; s16 switches it to Xavier.
+    assert host_steps.step_options("s0") == [f"{host_steps.FUSION}linear_init=torch"]
     s11 = host_steps.step_options("s11")
-    assert s11[:3] == host_steps.step_options("s3")
-    assert s11[-1].endswith("linear_init=xavier")
+    assert s11[:4] == host_steps.step_options("s3")
+    assert s11[-1] == f"{host_steps.HOST}linear_init=xavier"
+    assert host_steps.step_options("s16") == s11 + [f"{host_steps.FUSION}linear_init=xavier"]
     # s5 builds on s1, not on s2: no session_layers option in its chain.
     assert not any("session_layers" in option for option in host_steps.step_options("s5"))
     with pytest.raises(ValueError, match=r"unknown step 's99'"):

@@ -77,3 +77,39 @@ def test_validation_off_skips_checks(layer):
 def test_bad_dims(cls, bad):
     with pytest.raises(ValueError, match="must be a positive int"):
         cls(bad, SESS, FUSE)
+
+
+@pytest.mark.parametrize("cls", [ConcatFusion, GateFusion])
+def test_baseline_linear_init(cls):
+    """Xavier-normal weights and zero biases by default; PyTorch's own with linear_init='torch'."""
+    torch.manual_seed(0)
+    xavier = cls(96, 160, 64)
+    linears = [m for m in xavier.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears, "a baseline without linear layers would make this test vacuous"
+    for layer in linears:
+        fan_out, fan_in = layer.weight.shape
+        expected = (2.0 / (fan_in + fan_out)) ** 0.5
+        assert abs(layer.weight.std().item() - expected) < 0.1 * expected
+        assert torch.count_nonzero(layer.bias) == 0
+    torch.manual_seed(0)
+    default = cls(96, 160, 64, linear_init="torch")
+    for layer in (m for m in default.modules() if isinstance(m, torch.nn.Linear)):
+        fan_in = layer.weight.shape[1]
+        assert abs(layer.weight.std().item() - (3.0 * fan_in) ** -0.5) < 0.1 * (3.0 * fan_in) ** -0.5
+        assert torch.count_nonzero(layer.bias) > 0
+    with pytest.raises(ValueError, match="linear_init must be 'xavier' or 'torch', got 'kaiming'"):
+        cls(96, 160, 64, linear_init="kaiming")
+
+
+def test_concat_without_projection_is_the_plain_concatenation():
+    fusion = ConcatFusion(6, 4, fusion_dim=None)
+    assert fusion.fusion_dim == 10 and fusion.projection is None and not list(fusion.parameters())
+    h_long, h_sessions = torch.randn(3, 6), torch.randn(3, 2, 4)
+    session_mask = torch.tensor([[True, True], [True, False], [False, False]])
+    long_mask = torch.tensor([True, False, True])
+    fused = fusion(h_long, h_sessions, session_mask=session_mask, long_mask=long_mask).fused
+    assert torch.equal(fused[0], torch.cat([h_long[0], h_sessions[0].mean(0)]))
+    assert torch.equal(fused[1], torch.cat([torch.zeros(6), h_sessions[1, 0]]))  # no long history: zeros
+    assert torch.equal(fused[2], torch.cat([h_long[2], torch.zeros(4)]))  # no session: zeros
+    with pytest.raises(ValueError, match="long_dim must be a positive int, got 0"):
+        ConcatFusion(0, 4, fusion_dim=None)

@@ -342,10 +342,12 @@ def test_attention_pooling_of_an_empty_session_is_zero_and_layers_stack() -> Non
 
 def test_linear_init_and_embedding_std_leave_the_fusion_layer_alone() -> None:
     torch.manual_seed(0)
-    xavier = TWIN(SPEC, linear_init="xavier", embedding_std=1e-4, fusion=functools.partial(ConcatFusion, fusion_dim=8))
+    xavier = TWIN(
+        SPEC, linear_init="xavier", embedding_std=1e-4, fusion=functools.partial(ConcatFusion, fusion_dim=8, linear_init="torch")
+    )
     assert all(float(m.bias.abs().sum()) == 0 for m in xavier.head.modules() if isinstance(m, torch.nn.Linear))
     assert float(xavier.esu.query_projection.bias.abs().sum()) == 0
-    # The fusion layer keeps PyTorch's own initialisation (non-zero biases).
+    # The fusion layer keeps its own initialisation (here PyTorch's: non-zero biases).
     assert float(xavier.fusion.projection.bias.abs().sum()) > 0
     assert float(xavier.item_embedding.weight[1:].std()) == pytest.approx(1e-4, rel=0.2)
     assert float(xavier.item_embedding.weight[0].abs().sum()) == 0
@@ -416,3 +418,13 @@ def test_sim_and_twin_take_the_peer_attention_form() -> None:
         host = build(SPEC, attention_bias=False, attention_output=True)
         assert host.esu.query_projection.bias is None and host.esu.output_projection is not None
         assert torch.isfinite(host(make_batch()).logits).all()
+
+
+@pytest.mark.parametrize("name", list(HOSTS))
+def test_plain_concat_gives_the_head_both_interests(name: str) -> None:
+    """ConcatFusion(fusion_dim=None): the head reads [h_long, pooled sessions] at their full width."""
+    host = HOSTS[name](SPEC, fusion=functools.partial(ConcatFusion, fusion_dim=None))
+    assert host.fusion.fusion_dim == host.long_dim + host.session_dim
+    assert host.head.net[0].in_features == host.long_dim + host.session_dim + host.item_dim + host.embed_dim
+    output = host(make_batch())
+    assert output.logits.shape == (8,) and torch.isfinite(output.logits).all()
