@@ -61,6 +61,7 @@ STEPS: list[tuple[str, str | None, str, list[str]]] = [
     ("s17", "s16", "sessions mean-pooled, no positional embedding (the reference loop measured +0.027 for TWIN, 3 seeds)",
      [f"{HOST}session_pooling=mean", f"{HOST}session_positions=false"]),
     ("s18", "s17", "gradient norm clipped at 10 (FuxiCTR's default; the reference loop clips): the same run, the clip never acts", ["--trainer.gradient_clip_val=10"]),
+    ("s19", "s17", "Adam epsilon 1e-8 (PyTorch's and FuxiCTR's default; the recipes use 1e-7)", ["--model.init_args.eps=1e-8"]),
 ]
 NAMES = [name for name, _, _, _ in STEPS]
 

@@ -272,7 +272,7 @@ def report(rows: list[dict]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_twin_reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", required=True, help="the peer split (ml1m_peer_split.py --negatives popularity)")
+    parser.add_argument("--data-root", help="the peer split (ml1m_peer_split.py --negatives popularity); needed unless --report")
     parser.add_argument("--model", choices=["reference", "ours"], default="reference")
     parser.add_argument("--changes", nargs="*", default=[], choices=sorted(CHANGES), help="parts of the reference replaced by ours")
     parser.add_argument("--ours", nargs="*", default=[], choices=sorted(OURS), help="options of --model ours")
@@ -293,6 +293,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     if args.model == "reference" and args.ours:
         parser.error("--ours applies to --model ours; the reference takes --changes")
+    if not args.data_root:
+        parser.error("--data-root is required (the directory ml1m_peer_split.py --negatives popularity wrote)")
     if args.batch_size <= 0:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
     if args.model == "ours" and args.changes:

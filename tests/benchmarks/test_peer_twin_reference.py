@@ -85,6 +85,9 @@ def test_cli_refuses_mixed_options(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         reference.main(["--data-root", str(tmp_path), "--report", "--out", str(tmp_path)])
     assert "reference.jsonl does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reference.main(["--seeds", "0"])
+    assert "--data-root is required" in capsys.readouterr().err
 
 
 def test_report_averages_runs_of_one_variant(tmp_path) -> None:
@@ -94,7 +97,7 @@ def test_report_averages_runs_of_one_variant(tmp_path) -> None:
     rows.append({"model": "FuxiCTR TWIN re-implemented on our loader", "seed": 0, "commit": "old", "val_auc": 0.75,
                  "test_auc": 0.74, "train_samples_per_s": 50.0})
     (tmp_path / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reference.main(["--data-root", str(tmp_path), "--report", "--out", str(tmp_path)])
+    reference.main(["--report", "--out", str(tmp_path)])
     text = (tmp_path / "reference.md").read_text()
     assert "| 256 | 1 | abc | 0, 1 | 0.7100 +- 0.0141 | 0.7000 +- 0.0141 | 100 |" in text
     # A row of an older script (no changes, threads or batch recorded) is its own line.
