@@ -43,10 +43,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
+from benchmarks.host_steps import spread
 from benchmarks.quality import commit
 from ifusion_plugin.batch import CTRBatch, FeatureSpec
 from ifusion_plugin.data import TableDataModule
 from ifusion_plugin.fusion import ConcatFusion
+from ifusion_plugin.fusion.contract import masked_mean
 from ifusion_plugin.hosts import DIN, SIM, TWIN, AvgPoolDNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,12 +107,6 @@ class TargetAttention(nn.Module):
         return pooled if self.o is None else self.o(pooled)
 
 
-def _masked_mean(sequence: Tensor, mask: Tensor) -> Tensor:
-    """``sequence (B, L, d)`` averaged over ``mask (B, L)``; zeros for empty rows."""
-    weights = mask.to(sequence.dtype).unsqueeze(-1)
-    return (sequence * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
 class ReferenceTWIN(nn.Module):
     """FuxiCTR's TWIN over a :class:`CTRBatch` with ``changes`` (keys of :data:`CHANGES`); logits ``(B,)``."""
 
@@ -167,8 +163,8 @@ class ReferenceTWIN(nn.Module):
         target = features(batch.target_item, batch.target_cate)
         history, mask = features(batch.long_items, batch.long_cates), batch.long_mask
         if "mean_pooling" in self.changes:
-            return self.head(torch.cat([self.user(batch.user), target, _masked_mean(history[:, -SHORT:], mask[:, -SHORT:]),
-                                        _masked_mean(history, mask)], dim=-1)).squeeze(-1)
+            return self.head(torch.cat([self.user(batch.user), target, masked_mean(history[:, -SHORT:], mask[:, -SHORT:]),
+                                        masked_mean(history, mask)], dim=-1)).squeeze(-1)
         if "short_sessions" in self.changes:
             short = self._sessions(batch, target, features)
         else:
@@ -245,12 +241,6 @@ def run(data_root: str, seed: int, model_name: str, changes: frozenset[str], hos
             "train_samples_per_s": samples / seconds, "train_epoch_s": seconds}
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
-
-
 def report(rows: list[dict]) -> str:
     """The markdown table of ``reference.jsonl``: one line per (model, changes, threads), runs of
     the same line averaged (mean +- sample std over seeds)."""
@@ -264,7 +254,7 @@ def report(rows: list[dict]) -> str:
         described = "; ".join({**CHANGES, **OURS}[c] for c in changes) or "none"
         lines.append(
             f"| {model} | {described} | {batch_size} | {threads} | {head} | {', '.join(str(r['seed']) for r in runs)} | "
-            f"{_mean_std([r['val_auc'] for r in runs])} | {_mean_std([r['test_auc'] for r in runs])} | "
+            f"{spread([r['val_auc'] for r in runs])} | {spread([r['test_auc'] for r in runs])} | "
             f"{statistics.mean(r['train_samples_per_s'] for r in runs):,.0f} |"
         )
     return "\n".join(lines) + "\n"
