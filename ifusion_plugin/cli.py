@@ -37,21 +37,47 @@ import importlib
 import os
 import sys
 import warnings
+import zipfile
 from typing import Any, Optional
+
+import logging
+from pathlib import Path
 
 import numpy as np
 import torch
-from jsonargparse import Namespace
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
+try:
+    from jsonargparse import Namespace
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities import rank_zero_only
+except ImportError as _missing:  # the core (fusion layers, hosts) needs torch alone
+    _HINT = f'the command line needs the lightning extra ({_missing}): pip install "ifusion-plugin[lightning]"'
+    if __name__ == "__main__":
+        sys.exit(f"error: {_HINT}")
+    raise ImportError(_HINT) from _missing
 
 from .batch import FIRST_ID, FeatureSpec
+from .cli_errors import short_error
+from .recipes import resolve_recipe_paths
 from .task import CTRTask
 
 
-__all__ = ["CTRLightningCLI", "check_model_config", "format_summary", "main", "write_predictions"]
+__all__ = ["CTRLightningCLI", "check_model_config", "checkpoint_problem", "config_beside_checkpoint", "finished_run_message", "format_summary",
+           "main", "run", "write_predictions"]
+
+#: ``python -m ifusion_plugin.cli --help``: every command, one line each.
+COMMANDS = {
+    "fit": "train a recipe (`--run_test true` tests the best checkpoint afterwards)",
+    "validate": "score the validation split with a checkpoint (`--ckpt_path`)",
+    "test": "score the test split with a checkpoint (`--ckpt_path`)",
+    "predict": "write one probability per sample of a split (`--ckpt_path`, `--predictions_path`)",
+    "export": "write serving files (torch.export program, ONNX) from a checkpoint (`--ckpt`)",
+    "recipes": "list the packaged recipes, or `recipes copy [DEST]` them out for editing",
+}
+#: ``--ckpt_path`` values Lightning resolves itself (not files).
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 PREDICT_SPLITS = ("train", "valid", "test")
 PREDICTION_COLUMNS = ("row", "user", "target_item", "label", "prob")
@@ -132,6 +158,84 @@ def check_model_config(model: Any, data: Any) -> None:
         session_len=int(options.get("session_len") or 5), context_cardinalities=tuple(FIRST_ID + 2 for _ in context),
     )
     _factory(host)(spec)
+
+
+def finished_run_message(ckpt_path: Optional[str], max_epochs: Optional[int], max_steps: int) -> Optional[str]:
+    """What to say when resuming ``ckpt_path`` would train nothing, else ``None``.
+
+    A checkpoint whose run completed ``max_epochs`` epochs (or ``max_steps`` steps) resumes
+    into an immediate stop; saying so beats an empty run directory and "no metrics logged".
+    """
+    if not ckpt_path or ckpt_path in CKPT_KEYWORDS or not os.path.isfile(ckpt_path):
+        return None
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    # "processed", not "completed": ModelCheckpoint saves at validation end, before the epoch is
+    # marked completed, and Lightning's fit loop stops on processed epochs.
+    epochs = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    steps = int(state.get("global_step", 0))
+    if max_steps is not None and max_steps > 0 and steps >= max_steps:
+        done, extend = f"{steps} steps (--trainer.max_steps {max_steps})", f"--trainer.max_steps {steps + max_steps}"
+    elif epochs is not None and max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
+        done, extend = f"{epochs} epoch(s) (--trainer.max_epochs {max_epochs})", f"--trainer.max_epochs {epochs + 1}"
+    else:
+        return None
+    return (f"{ckpt_path} already finished its run: {done}; nothing to train.\n"
+            f"To train further, resume with a larger limit, e.g. {extend}.")
+
+
+def config_beside_checkpoint(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """``validate``/``test``/``predict --ckpt_path <run>/checkpoints/x.ckpt`` without ``--config``:
+    add the run's saved ``<run>/config.yaml`` (written by ``fit``) as the config.
+
+    Returns:
+        ``(argv, path)``: the command line, with ``--config <path>`` added after the subcommand
+        when one was found (``path`` is then that file, else ``None``).
+    """
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv, None
+    if any(w in ("--config", "-c") or w.startswith("--config=") for w in argv):
+        return argv, None
+    ckpt = _option_value(argv, "--ckpt_path")
+    if not ckpt or ckpt in CKPT_KEYWORDS:
+        return argv, None
+    for candidate in (Path(ckpt).parent.parent / "config.yaml", Path(ckpt).parent / "config.yaml"):
+        if candidate.is_file():
+            return [argv[0], "--config", str(candidate), *argv[1:]], str(candidate)
+    return argv, None
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint (missing, or not a complete torch archive), else ``None``.
+
+    ``torch.save`` writes a zip archive whose directory is at the end: a copy cut short (a full
+    disk, an interrupted transfer) has none, and torch would fail with an unnamed I/O error.
+    """
+    if not os.path.isfile(path):
+        return f"no such checkpoint: {path}"
+    if not zipfile.is_zipfile(path):
+        return f"checkpoint {path} is truncated or not a checkpoint ({os.path.getsize(path):,} bytes, no complete torch archive)"
+    return None
+
+
+def _option_value(argv: list[str], name: str) -> Optional[str]:
+    """The value of ``name`` (``--name value`` or ``--name=value``) in ``argv``; the last wins."""
+    value = None
+    for i, word in enumerate(argv):
+        if word == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif word.startswith(name + "="):
+            value = word.split("=", 1)[1]
+    return value
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's promotional tips (cloud logging, model registry)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+_NO_TIPS = _NoTips()
 
 
 class CTRLightningCLI(LightningCLI):
@@ -223,20 +327,82 @@ class CTRLightningCLI(LightningCLI):
         raw = datamodule.raw_ids(split)
         return {name: raw[name][rows] for name in RAW_ID_PREDICTION_COLUMNS}
 
+    def before_instantiate_classes(self) -> None:
+        """Loggers left at the default directory follow ``--trainer.default_root_dir``, so the
+        run (metrics, checkpoints, config.yaml) lands where the user asked."""
+        trainer = self._get(self.config, "trainer")
+        root, default = trainer.get("default_root_dir"), TRAINER_DEFAULTS["default_root_dir"]
+        if not root or root == default:
+            return
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is not None and init_args.get("save_dir") == default:
+                init_args.save_dir = root
+
     def instantiate_classes(self) -> None:
         """Build the host (and its fusion layer) once on a placeholder spec before anything reads
         data, so a bad model setting fails in seconds, not after a dataset build."""
         check_model_config(self._get(self.config, "model"), self._get(self.config, "data"))
         super().instantiate_classes()
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Only ``fit`` starts a run directory: validate, test and predict read a checkpoint and
+        print their metrics, so they get no logger and no config copy (no empty version_N)."""
+        if self.subcommand in (None, "fit"):
+            return super().instantiate_trainer(**kwargs)
+        kwargs.setdefault("logger", False)
+        kwargs.setdefault("enable_checkpointing", False)
+        trainer = self._get(self.config_init, "trainer", default={})
+        # A checkpoint callback of the recipe would look for its directory in a run that is
+        # not there (and warn); evaluation writes no checkpoints.
+        trainer["callbacks"] = [c for c in trainer.get("callbacks") or [] if not isinstance(c, ModelCheckpoint)]
+        # ...and Lightning then asks for that callback back, which only a resumed fit needs.
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        saved, self.save_config_callback = self.save_config_callback, None
+        try:
+            return super().instantiate_trainer(**kwargs)
+        finally:
+            self.save_config_callback = saved
+
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit``, unless ``--ckpt_path`` is a run that already reached its
+        ``max_epochs``/``max_steps``: then say so and how to extend it, and start nothing."""
+        finished = finished_run_message(kwargs.get("ckpt_path"), self.trainer.max_epochs, self.trainer.max_steps)
+        self._fit_skipped = finished is not None
+        if finished is not None:
+            print(finished, flush=True)
+            return
+        self.trainer.fit(**kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        # Our summary table is printed after it: Lightning's own would repeat the metrics.
+        self.trainer.validate(**{**kwargs, "verbose": False})
+
+    def test(self, **kwargs: Any) -> None:
+        self.trainer.test(**{**kwargs, "verbose": False})
+
     def after_fit(self) -> None:
+        if getattr(self, "_fit_skipped", False):
+            return
         self._print_summary("fit (last validation)", prefixes=("val_", "train_"))
+        self._print_outputs()
         if not self._get(self.config, "run_test", False):
             return
         callback = self.trainer.checkpoint_callback
         has_best = callback is not None and bool(getattr(callback, "best_model_path", ""))
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None, verbose=False)
         self._print_summary("test (best checkpoint)" if has_best else "test (final weights)", prefixes=("test_",))
+
+    @rank_zero_only
+    def _print_outputs(self) -> None:
+        """Where the run went: its directory and the best and last checkpoints."""
+        lines = [f"run directory: {self.trainer.log_dir}"]
+        callback = self.trainer.checkpoint_callback
+        for kind in ("best", "last"):
+            path = getattr(callback, f"{kind}_model_path", "") if callback is not None else ""
+            lines.append(f"{kind} checkpoint: {path or '(none written)'}")
+        print("\n".join(lines), flush=True)
 
     def after_validate(self) -> None:
         self._print_summary("validate", prefixes=("val_",))
@@ -255,7 +421,10 @@ class CTRLightningCLI(LightningCLI):
 
 
 def main(
-    args: Optional[list[str]] = None, *, datamodule_class: Optional[type[LightningDataModule]] = None
+    args: Optional[list[str]] = None,
+    *,
+    datamodule_class: Optional[type[LightningDataModule]] = None,
+    exit_on_error: bool = True,
 ) -> CTRLightningCLI:
     """Run the CLI and return it (its ``trainer``, ``model`` and ``datamodule`` stay inspectable).
 
@@ -263,17 +432,33 @@ def main(
         args: command-line arguments; ``None`` reads ``sys.argv[1:]``.
         datamodule_class: base class of the accepted datamodules; ``None`` means
             ``ifusion_plugin.data.CTRDataModule`` (any of its subclasses is accepted in YAML).
+        exit_on_error: a bad command line prints usage and exits (jsonargparse's way); with
+            false it raises ``jsonargparse.ArgumentError`` (what :func:`run` shortens).
     """
     if datamodule_class is None:
         from .data import CTRDataModule  # imported late: pulls in datasets/pyarrow
 
         datamodule_class = CTRDataModule
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_TIPS)
+    # The feature spec is linked from the data at instantiation; jsonargparse cannot write it
+    # back into a config and says so on every run from a checkpoint. Nothing is lost: the
+    # datamodule rebuilds it.
+    warnings.filterwarnings("ignore", message=r"(?s).*Unable to serialize instance FeatureSpec")
+    # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates: not ours to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        # Progress bars in a log file are escape codes and carriage returns, not progress.
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
     return CTRLightningCLI(
         CTRTask,
         datamodule_class,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, "enable_progress_bar": interactive},
+        parser_kwargs={"exit_on_error": exit_on_error},
         args=args,
         # config.yaml goes into the logger's directory under logs/; a rerun into an existing
         # version directory would otherwise refuse to start.
@@ -282,19 +467,63 @@ def main(
     )
 
 
+def _help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join([
+        "usage: python -m ifusion_plugin.cli COMMAND [options]   (`COMMAND --help` for its options)",
+        "", "commands:", *rows, "",
+        "e.g. python -m ifusion_plugin.cli fit --config recipes/twin.yaml --run_test true",
+        "--verbose (any command): full tracebacks instead of short errors",
+    ])
+
+
 def run(argv: Optional[list[str]] = None) -> int:
-    """Entry point of ``python -m ifusion_plugin.cli``: ``export`` or a LightningCLI subcommand.
+    """Entry point of ``python -m ifusion_plugin.cli``: ``export``, ``recipes`` or a LightningCLI
+    subcommand, with packaged recipes found from any directory, the run's config found beside its
+    checkpoint, and errors in at most :data:`~ifusion_plugin.cli_errors.MAX_LINES` lines.
 
     Args:
-        argv: the arguments; ``None`` reads ``sys.argv[1:]`` (LightningCLI then reads them
-            itself, as it expects when run from the command line).
-    """
-    words = sys.argv[1:] if argv is None else argv
-    if words and words[0] == "export":
-        from .export_command import main as export_main
+        argv: the arguments; ``None`` reads ``sys.argv[1:]``.
 
-        return export_main(words[1:])
-    main(argv)
+    Returns:
+        The exit status: 0, or 2 after an error was printed to stderr.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in words or os.environ.get("IFUSION_VERBOSE", "") not in ("", "0")
+    words = [w for w in words if w != "--verbose"]
+    if not words or words[0] in ("-h", "--help"):
+        print(_help())
+        return 0
+    if words[0] == "recipes":
+        from .recipes import main as recipes_main
+
+        return recipes_main(words[1:])
+    words, notes = resolve_recipe_paths(words)
+    words, saved_config = config_beside_checkpoint(words)
+    notes += [f"using the run's config {saved_config}"] if saved_config else []
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    ckpt = _option_value(words, "--ckpt_path") or _option_value(words, "--ckpt")
+    if ckpt and ckpt not in CKPT_KEYWORDS:
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    if argv is None:
+        # LightningCLI reads sys.argv itself and warns when given both; hand it the rewritten words there.
+        sys.argv = [sys.argv[0], *words]
+    try:
+        if words[0] == "export":
+            from .export_command import main as export_main
+
+            return export_main(words[1:])
+        main(None if argv is None else words, exit_on_error=False)
+    except Exception as error:
+        if verbose:
+            raise
+        print(short_error(error, words, ckpt), file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

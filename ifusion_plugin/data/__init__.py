@@ -9,14 +9,18 @@ from .datamodule import (
     TaobaoDataModule,
     build_ctr_samples,
 )
+from .amazon_reviews import AmazonReviewsDataModule
+from .movielens import MovieLensDataModule
 from .sequences import SequenceOptions, split_history
 from .table_datamodule import TableDataModule
 
 __all__ = [
     "AmazonBooksDIENDataModule",
     "AmazonGroceryDataModule",
+    "AmazonReviewsDataModule",
     "CTRDataModule",
     "MovieLens1MDataModule",
+    "MovieLensDataModule",
     "SequenceOptions",
     "SyntheticDataModule",
     "TableDataModule",

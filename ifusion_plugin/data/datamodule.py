@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Iterator, Literal, Optional, Sequence
+from typing import ClassVar, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -356,7 +356,7 @@ class CTRDataModule(L.LightningDataModule):
     ``cache_dir`` (every subclass): where the built splits are cached; ``None`` (default) means
     ``$IFUSION_CACHE_DIR`` if set, else ``~/.cache/ifusion-plugin`` (see :func:`default_cache_dir`);
     ``~`` is expanded. Subclasses implement :meth:`_source_name`, :meth:`_raw_files`,
-    :meth:`_content_options` and :meth:`_build`.
+    :meth:`_content_options` and :meth:`_build`, and say in :attr:`DOWNLOAD` where the files come from.
 
     Raw ids: :meth:`raw_ids` gives each sample's ``user_id`` and ``item_id`` as the source data
     spells them, in split row order, for every built-in source; a subclass provides them by
@@ -412,6 +412,9 @@ class CTRDataModule(L.LightningDataModule):
         self.cache_hit: Optional[bool] = None
         self.cache_path: Optional[str] = None
 
+    #: Where a user gets the raw files (named when they are missing from ``root``).
+    DOWNLOAD: ClassVar[str] = ""
+
     # --- subclass hooks -----------------------------------------------------------------
     def _source_name(self) -> str:
         raise NotImplementedError
@@ -432,10 +435,14 @@ class CTRDataModule(L.LightningDataModule):
     def _ensure(self) -> None:
         if self._splits is not None:
             return
-        for path in self._raw_files():
+        files = self._raw_files()
+        for path in files:
             if not os.path.exists(path):
+                needs = ", ".join(os.path.basename(f) for f in files)
                 raise FileNotFoundError(
-                    f"{type(self).__name__}: expected file {os.path.basename(path)!r} at {path!r} (set --data.root)"
+                    f"{type(self).__name__}: expected file {os.path.basename(path)!r} at {path!r} "
+                    f"(set --data.init_args.root to the directory holding {needs})"
+                    + (f"\nget the data: {self.DOWNLOAD}" if self.DOWNLOAD else "")
                 )
         options = {"source": self._source_name(), "seed": self.seed, **self.sequence_options.as_key(), **self._content_options()}
         key = cache_key(self._source_name(), options, self._raw_files())
@@ -710,6 +717,11 @@ class MovieLens1MDataModule(CTRDataModule):
     oldest first) and ``root/movies.dat`` (``id::title::genres``; category = first genre).
     Sessions are chunks (no timestamps)."""
 
+    DOWNLOAD = (
+        "movies.dat is in https://files.grouplens.org/datasets/movielens/ml-1m.zip; sequences.tsv is its "
+        "ratings.dat as one line per user, 'user_id<TAB>movie ids oldest first' (comma-separated)"
+    )
+
     def __init__(
         self,
         root: str = "../shared/data/movielens-1m",
@@ -840,6 +852,11 @@ class AmazonGroceryDataModule(CTRDataModule):
     sessions use ``session_gap_days``. Same protocol as MovieLens; ``min_train_position``
     defaults to 1 because histories are short (median 5)."""
 
+    DOWNLOAD = (
+        "ReChorus's Grocery_and_Gourmet_Food (https://github.com/THUwangcy/ReChorus, data/): "
+        "interactions.tsv and item_category.tsv"
+    )
+
     def __init__(
         self,
         root: str = "../shared/data/amazon-grocery",
@@ -909,6 +926,11 @@ class TaobaoDataModule(CTRDataModule):
     A history holds every earlier behaviour of these kinds; rows of other types are not read.
     Every listed type must occur in the file (a misspelt type would otherwise select nothing).
     """
+
+    DOWNLOAD = (
+        "a UserBehavior.csv in the Taobao UserBehavior format (user_id,item_id,category_id,behavior_type,timestamp); "
+        "the full Taobao log: https://tianchi.aliyun.com/dataset/649"
+    )
 
     def __init__(
         self,
@@ -1005,6 +1027,8 @@ class AmazonBooksDIENDataModule(CTRDataModule):
     our id ``v + 2``) or, when a file is absent, are rebuilt from the train text (sorted strings
     from 2). Unknown strings -> OOV. Valid = the samples of a seeded ``valid_user_fraction`` of
     the train users (by user, so a user is never in both). Sessions are chunks (no times)."""
+
+    DOWNLOAD = "DIEN's data script (https://github.com/mouna99/dien, prepare_data.sh) writes these files"
 
     def __init__(
         self,

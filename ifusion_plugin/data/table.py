@@ -157,10 +157,41 @@ def find_split_files(root: str) -> dict[str, str]:
     )
 
 
+def _read_csv(path: str) -> pa.Table:
+    """``pyarrow.csv.read_csv``, with a malformed line reported by file and line number."""
+    try:
+        return pa_csv.read_csv(path)
+    except pa.ArrowInvalid as error:
+        raise ValueError(_first_bad_line(path) or f"{path}: not a readable CSV table ({error})") from None
+
+
+def _first_bad_line(path: str) -> Optional[str]:
+    """``"<path>, line N: expected C columns, got D: '<text>'"`` for the first malformed line.
+
+    Read again single-threaded: only then does pyarrow know line numbers (counted from 1,
+    header included), and this runs on the error path only.
+    """
+    bad: list[pa_csv.InvalidRow] = []
+
+    def keep(row: pa_csv.InvalidRow) -> str:
+        bad.append(row)
+        return "error"
+
+    try:
+        pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(use_threads=False),
+                        parse_options=pa_csv.ParseOptions(invalid_row_handler=keep))
+    except pa.ArrowInvalid:
+        pass
+    if not bad:
+        return None
+    row = bad[0]
+    return f"{path}, line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:120]!r}"
+
+
 def _read_file(path: str, list_separator: str) -> pa.Table:
     if path.endswith(".parquet"):
         return pq.read_table(path)
-    table = pa_csv.read_csv(path)
+    table = _read_csv(path)
     for name in LIST_COLUMNS:
         if name in table.column_names:
             column = table[name]

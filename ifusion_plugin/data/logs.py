@@ -1,0 +1,166 @@
+"""Readers of the interaction logs publishers ship, into columns: delimited text (``::``,
+tab or pipe separated, any encoding) on ``pyarrow.csv``, and JSON lines (optionally gzipped) on
+``pyarrow.json``, both with malformed lines reported by file and line number or skipped and
+counted (``on_bad_line``), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+import logging
+from typing import Callable, Iterator, Literal, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+
+__all__ = ["iter_literal_lines", "read_delimited", "read_json_lines"]
+
+log = logging.getLogger(__name__)
+
+OnBadLine = Literal["error", "skip"]
+#: Stands in for a multi-character separator (``::``): pyarrow splits on one character only.
+_UNIT_SEPARATOR = "\x1f"
+
+
+def _open_bytes(path: str) -> bytes:
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as handle:
+        return handle.read()
+
+
+def read_delimited(
+    path: str,
+    separator: str,
+    names: Sequence[str],
+    types: dict[str, pa.DataType],
+    on_bad_line: OnBadLine = "error",
+    encoding: str = "utf-8",
+) -> pa.Table:
+    """A header-less delimited file as a table.
+
+    Args:
+        path: the file (``.gz`` is decompressed).
+        separator: the field separator; may be several characters (MovieLens' ``::``).
+        names: the column names, one per field.
+        types: the types of the columns to convert (others stay strings).
+        on_bad_line: a line with another number of fields raises (``"error"``, naming file and
+            line) or is skipped and counted in a warning (``"skip"``).
+        encoding: the file's encoding (MovieLens' title files are ISO-8859-1).
+
+    Raises:
+        ValueError: a malformed line under ``"error"``, or a field that does not convert.
+    """
+    data, written = _open_bytes(path), separator
+    if len(separator) > 1:
+        data = data.replace(separator.encode(encoding), _UNIT_SEPARATOR.encode(encoding))
+        separator = _UNIT_SEPARATOR
+    bad: list[pa_csv.InvalidRow] = []
+
+    def handle(row: pa_csv.InvalidRow) -> str:
+        bad.append(row)
+        return "error" if on_bad_line == "error" else "skip"
+
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(data),
+            # Single-threaded: only then does pyarrow know the line number of a bad row.
+            read_options=pa_csv.ReadOptions(column_names=list(names), encoding=encoding, use_threads=False),
+            parse_options=pa_csv.ParseOptions(delimiter=separator, quote_char=False, invalid_row_handler=handle),
+            convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as error:
+        if bad and on_bad_line == "error":
+            row = bad[0]
+            text = row.text.replace(_UNIT_SEPARATOR, written)[:120]
+            raise ValueError(
+                f"{path}, line {row.number}: expected {len(names)} fields separated by {written!r}, "
+                f"got {row.actual_columns}: {text!r} (on_bad_line='skip' skips such lines)"
+            ) from None
+        raise ValueError(f"{path}: {error}") from None
+    if bad:
+        log.warning("skipped %d malformed line(s) in %s (first: line %s)", len(bad), path, bad[0].number)
+    return table
+
+
+def read_json_lines(path: str, fields: dict[str, pa.DataType], on_bad_line: OnBadLine = "error") -> pa.Table:
+    """The ``fields`` of a JSON-lines file (one object a line; ``.gz`` is decompressed).
+
+    Other keys are ignored. A line that is not a JSON object with the fields' types raises
+    naming the file and line (``"error"``), or is skipped and counted (``"skip"``).
+    """
+    data = _open_bytes(path)
+    schema = pa.schema(list(fields.items()))
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        return pa_json.read_json(io.BytesIO(data), parse_options=options)
+    except pa.ArrowInvalid as error:
+        # pyarrow names no line: find the bad ones with the standard parser (error path only).
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        bad = [n for n, line in enumerate(lines, start=1) if line.strip() and not _valid_object(line, fields)]
+        if not bad:
+            raise ValueError(f"{path}: {error}") from None
+        if on_bad_line == "error":
+            raise ValueError(
+                f"{path}, line {bad[0]}: not a JSON object with {', '.join(fields)} of the expected types "
+                f"({len(bad)} such line(s); on_bad_line='skip' skips them)"
+            ) from None
+        keep = set(range(1, len(lines) + 1)) - set(bad)
+        good = "\n".join(line for n, line in enumerate(lines, start=1) if n in keep and line.strip())
+        log.warning("skipped %d malformed line(s) in %s (first: line %d)", len(bad), path, bad[0])
+        return pa_json.read_json(io.BytesIO(good.encode()), parse_options=options)
+
+
+def _valid_object(line: str, fields: dict[str, pa.DataType]) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    for name, kind in fields.items():
+        value = record.get(name)
+        if value is None:
+            continue
+        if pa.types.is_integer(kind) and not (isinstance(value, int) and not isinstance(value, bool)):
+            return False
+        if pa.types.is_string(kind) and not isinstance(value, str):
+            return False
+    return True
+
+
+def iter_literal_lines(path: str, on_bad_line: OnBadLine = "error",
+                       parse: Optional[Callable[[str], object]] = None) -> Iterator[dict]:
+    """The dict on each line of ``path``: JSON, or a Python literal (the 2014 Amazon meta files
+    write ``{'asin': ...}``), parsed with :func:`ast.literal_eval`, which evaluates literals only
+    (never code; never ``eval``).
+
+    Args:
+        path: the file (``.gz`` is decompressed).
+        on_bad_line: a line that is neither raises naming file and line, or is skipped and counted.
+        parse: the parser to try first (default :func:`json.loads`).
+    """
+    parse = parse or json.loads
+    skipped = 0
+    opener = gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    with opener as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = parse(line)
+            except ValueError:
+                try:
+                    record = ast.literal_eval(line.strip())
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    record = None
+            if not isinstance(record, dict):
+                if on_bad_line == "error":
+                    raise ValueError(f"{path}, line {number}: not a JSON object or Python dict literal: {line[:120]!r}")
+                skipped += 1
+                continue
+            yield record
+    if skipped:
+        log.warning("skipped %d malformed line(s) in %s", skipped, path)

@@ -1,0 +1,148 @@
+"""MovieLens as GroupLens ships it: ml-1m (``ratings.dat`` + ``movies.dat``) and ml-100k
+(``u.data`` + ``u.item``), with their timestamps, so sessions can be split by time gap.
+
+Every rating is an implicit positive (the DIN/DIEN protocol), optionally only ratings
+``>= min_rating``; each user's ratings are ordered by timestamp, ties in file order. An item's
+category is its first genre. Samples follow :func:`~ifusion_plugin.data.build_ctr_samples`, the
+protocol of every built-in source.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .datamodule import (
+    CTRDataModule,
+    NegativeSampling,
+    OnBadLine,
+    _sequences_from_log,
+    build_ctr_samples,
+    check_negative_sampling,
+)
+from .logs import read_delimited
+
+__all__ = ["ML100K_GENRES", "MovieLensDataModule"]
+
+#: The 19 genre flags of ml-100k's ``u.item``, in file order (its ``u.genre``).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+#: Files of each archive: (ratings, titles).
+_FILES = {"ml-1m": ("ratings.dat", "movies.dat"), "ml-100k": ("u.data", "u.item")}
+_INT = pa.int64()
+
+
+class MovieLensDataModule(CTRDataModule):
+    """The official MovieLens archives (GroupLens), unpacked in ``root``.
+
+    Args:
+        root: the unpacked archive: ``ratings.dat`` and ``movies.dat`` (ml-1m,
+            ``UserID::MovieID::Rating::Timestamp``, ``MovieID::Title::Genres`` in ISO-8859-1),
+            or ``u.data`` and ``u.item`` (ml-100k, tab-separated ``user item rating timestamp``,
+            pipe-separated items with 19 genre flags).
+        archive: ``"ml-1m"``, ``"ml-100k"``, or ``"auto"`` (whichever files ``root`` holds).
+        min_rating: keep ratings ``>= min_rating`` as positives (0 keeps all, the usual
+            implicit-feedback reading).
+        session_split: ``"time_gap"`` (default: the timestamps allow it) or ``"chunk"``.
+        session_gap_seconds: the gap that starts a new session.
+        Other arguments: as :class:`~ifusion_plugin.data.MovieLens1MDataModule`.
+    """
+
+    DOWNLOAD = ("https://files.grouplens.org/datasets/movielens/ml-1m.zip or .../ml-100k.zip, unzipped "
+                "(ratings.dat + movies.dat, or u.data + u.item)")
+
+    def __init__(
+        self,
+        root: str = "ml-1m",
+        archive: Literal["auto", "ml-1m", "ml-100k"] = "auto",
+        min_rating: int = 0,
+        train_per_user: int = 20,
+        min_train_position: int = 20,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "time_gap",
+        session_gap_seconds: float = 3_600.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: Optional[str] = None,
+        on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "popularity",
+        test_per_user: int = 1,
+    ) -> None:
+        if archive not in ("auto", *_FILES):
+            raise ValueError(f"archive must be one of auto, {', '.join(_FILES)}, got {archive!r}")
+        if not isinstance(min_rating, int) or isinstance(min_rating, bool) or not 0 <= min_rating <= 5:
+            raise ValueError(f"min_rating must be an int in 0..5, got {min_rating!r}")
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.root, self.archive, self.min_rating = root, archive, min_rating
+        self.train_per_user, self.min_train_position = train_per_user, min_train_position
+        self.negative_sampling, self.test_per_user = negative_sampling, test_per_user
+
+    def resolved_archive(self) -> str:
+        """``"ml-1m"`` or ``"ml-100k"``: the given archive, or the one whose files ``root`` holds
+        (ml-1m when neither is complete, so that the missing-file error names its files)."""
+        if self.archive != "auto":
+            return self.archive
+        for name, files in _FILES.items():
+            if all(os.path.exists(os.path.join(self.root, f)) for f in files):
+                return name
+        return "ml-1m"
+
+    def _source_name(self) -> str:
+        return f"movielens-{self.resolved_archive()}"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, f) for f in _FILES[self.resolved_archive()]]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"archive": self.resolved_archive(), "min_rating": self.min_rating, "train_per_user": self.train_per_user,
+                "min_train_position": self.min_train_position, "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
+
+    def read(self) -> tuple[pa.Table, dict[int, int]]:
+        """The ratings (``user, item, rating, time``) and movie id -> genre id (1.., in sorted
+        genre-name order; a movie without a genre gets none)."""
+        ratings_path, items_path = self._raw_files()
+        columns = ("user", "item", "rating", "time")
+        types = {name: _INT for name in columns}
+        if self.resolved_archive() == "ml-1m":
+            ratings = read_delimited(ratings_path, "::", columns, types, self.on_bad_line)
+            movies = read_delimited(items_path, "::", ("item", "title", "genres"), {"item": _INT}, self.on_bad_line,
+                                    encoding="latin-1")
+            genre = {int(i): g.split("|")[0] for i, g in zip(movies["item"].to_numpy(), movies["genres"].to_pylist()) if g}
+        else:
+            ratings = read_delimited(ratings_path, "\t", columns, types, self.on_bad_line)
+            names = ("item", "title", "release", "video_release", "url", *ML100K_GENRES)
+            movies = read_delimited(items_path, "|", names, {"item": _INT, **{g: _INT for g in ML100K_GENRES}},
+                                    self.on_bad_line, encoding="latin-1")
+            flags = np.stack([movies[g].to_numpy() for g in ML100K_GENRES], axis=1)
+            first = np.argmax(flags > 0, axis=1)
+            genre = {int(i): ML100K_GENRES[f] for i, f, any_flag in zip(movies["item"].to_numpy(), first, flags.any(axis=1))
+                     if any_flag}
+        genre_id = {g: n + 1 for n, g in enumerate(sorted(set(genre.values())))}
+        return ratings, {item: genre_id[g] for item, g in genre.items()}
+
+    def _build(self):
+        ratings, cate_of = self.read()
+        if self.min_rating > 0:
+            ratings = ratings.filter(pc.greater_equal(ratings["rating"], self.min_rating))
+        if ratings.num_rows == 0:
+            raise ValueError(f"{self._raw_files()[0]}: no ratings >= min_rating={self.min_rating}")
+        users, seqs, times = _sequences_from_log(*(ratings[c].to_numpy() for c in ("user", "item", "time")))
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed, times=times,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position,
+                                 negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
