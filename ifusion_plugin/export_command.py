@@ -5,9 +5,12 @@
 
 Writes ``model.pt2`` (``torch.export`` program), ``model.onnx`` (torch's dynamo ONNX exporter)
 and ``serving.json`` (input names, dtypes and shapes with ``B`` the dynamic batch, the feature
-spec, the checkpoint, and the measured parity of each file against the eager model at batch
-sizes 1 and 37). Existing files are never replaced without ``--overwrite``. Exits non-zero when
-an exported file differs from eager by more than ``--tolerance``.
+spec, the checkpoint, the measured parity of each file against the eager model at batch sizes
+1 and 37, the tolerance and ``passed``). Existing files are never replaced without
+``--overwrite``. The files are exported and checked in a staging directory and renamed only when
+every one is within ``--tolerance``: a failing export exits non-zero, leaves no model file under
+the final names (a previous export stays as it was) and writes its record to
+``serving.rejected.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -27,6 +32,8 @@ from .serving import ServingModel, export_onnx, export_program, load_program
 __all__ = ["main", "serving_model_from_checkpoint"]
 
 PARITY_BATCH_SIZES = (1, 37)
+#: Written instead of ``serving.json`` when an export fails its parity check (no model files are).
+REJECTED_MANIFEST = "serving.rejected.json"
 
 
 def serving_model_from_checkpoint(path: str) -> ServingModel:
@@ -73,6 +80,13 @@ def _input_description(model: ServingModel) -> list[dict[str, object]]:
     ]
 
 
+def _write_json(payload: dict, path: str) -> None:
+    partial = f"{path}.partial"
+    with open(partial, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(partial, path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ifusion_plugin.cli export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint written by fit (CTRTask)")
@@ -89,34 +103,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.path.exists(path) and not args.overwrite:
             parser.error(f"{path} exists; pass --overwrite to replace it")
 
-    parity: dict[str, float] = {}
-    if "pt2" in targets:
-        export_program(model, targets["pt2"], overwrite=args.overwrite)
-        parity["pt2"] = max_difference(model, load_program(targets["pt2"]))
-    if "onnx" in targets:
-        export_onnx(model, targets["onnx"], overwrite=args.overwrite)
-        parity["onnx"] = max_difference(model, _onnx_runner(targets["onnx"]))
-
-    manifest = {
-        "checkpoint": os.path.abspath(args.ckpt),
-        "files": {fmt: os.path.basename(path) for fmt, path in targets.items()},
-        "inputs": _input_description(model),
-        "output": {"name": "prob", "dtype": "float32", "shape": ["B"]},
-        "feature_spec": dataclasses.asdict(model.spec),
-        "host": type(model.host).__name__,
-        "fusion": type(getattr(model.host, "fusion", None)).__name__,
-        "parity_max_abs_diff": parity,
-        "parity_batch_sizes": list(PARITY_BATCH_SIZES),
-    }
-    partial = f"{manifest_path}.partial"
-    with open(partial, "w") as handle:
-        json.dump(manifest, handle, indent=2)
-    os.replace(partial, manifest_path)
-    for fmt, path in targets.items():
-        print(f"{fmt:5s} {path}  max |exported - eager| = {parity[fmt]:.2e}")
-    print(f"      {manifest_path}")
-    failed = [fmt for fmt, diff in parity.items() if not diff <= args.tolerance]
-    if failed:
-        print(f"parity above --tolerance {args.tolerance:g}: {', '.join(failed)}", file=sys.stderr)
-        return 1
+    # Exported and checked in a staging directory; only a passing export is renamed to the
+    # final names, so a server watching out_dir never picks up files that failed parity.
+    os.makedirs(args.out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=args.out_dir)
+    try:
+        staged = {fmt: os.path.join(staging, os.path.basename(path)) for fmt, path in targets.items()}
+        parity: dict[str, float] = {}
+        if "pt2" in staged:
+            export_program(model, staged["pt2"])
+            parity["pt2"] = max_difference(model, load_program(staged["pt2"]))
+        if "onnx" in staged:
+            export_onnx(model, staged["onnx"])
+            parity["onnx"] = max_difference(model, _onnx_runner(staged["onnx"]))
+        failed = [fmt for fmt, diff in parity.items() if not diff <= args.tolerance]
+        manifest = {
+            "checkpoint": os.path.abspath(args.ckpt),
+            "files": {fmt: os.path.basename(path) for fmt, path in targets.items()},
+            "inputs": _input_description(model),
+            "output": {"name": "prob", "dtype": "float32", "shape": ["B"]},
+            "feature_spec": dataclasses.asdict(model.spec),
+            "host": type(model.host).__name__,
+            "fusion": type(getattr(model.host, "fusion", None)).__name__,
+            "parity_max_abs_diff": parity,
+            "parity_batch_sizes": list(PARITY_BATCH_SIZES),
+            "tolerance": args.tolerance,
+            "passed": not failed,
+        }
+        for fmt in parity:
+            print(f"{fmt:5s} max |exported - eager| = {parity[fmt]:.2e} (tolerance {args.tolerance:g})")
+        if failed:
+            rejected = os.path.join(args.out_dir, REJECTED_MANIFEST)
+            _write_json(manifest, rejected)
+            print(f"parity above --tolerance {args.tolerance:g}: {', '.join(failed)}; nothing exported "
+                  f"(the record is in {rejected})", file=sys.stderr)
+            return 1
+        for fmt, path in targets.items():
+            os.replace(staged[fmt], path)
+            print(f"      {path}")
+        _write_json(manifest, manifest_path)
+        print(f"      {manifest_path}")
+        stale = os.path.join(args.out_dir, REJECTED_MANIFEST)
+        if os.path.exists(stale):
+            os.remove(stale)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return 0

@@ -130,7 +130,7 @@ def checkpoint(in_tmp: Path) -> str:
 
 
 @pytest.mark.slow
-def test_export_command_from_checkpoint(checkpoint, in_tmp, capsys) -> None:
+def test_export_command_from_checkpoint(checkpoint, in_tmp, capsys, monkeypatch) -> None:
     out = in_tmp / "export"
     assert cli_run(["export", "--ckpt", checkpoint, "--out_dir", str(out)]) == 0
     manifest = json.loads((out / "serving.json").read_text())
@@ -154,7 +154,21 @@ def test_export_command_from_checkpoint(checkpoint, in_tmp, capsys) -> None:
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert export_main(["--ckpt", checkpoint, "--out_dir", str(out), "--format", "pt2", "--overwrite"]) == 0
-    assert not any(".partial" in name for name in os.listdir(out))
+    assert not any(".partial" in name or name.startswith(".export-") for name in os.listdir(out))
+    assert json.loads((out / "serving.json").read_text())["passed"] is True
+
+    # An export that fails parity leaves nothing a server could pick up: no model file under
+    # the final names, and its record (tolerance, error, passed false) in serving.rejected.json.
+    fresh = in_tmp / "rejected"
+    monkeypatch.setattr("ifusion_plugin.export_command.max_difference", lambda model, runner: 3e-3)
+    assert export_main(["--ckpt", checkpoint, "--out_dir", str(fresh), "--format", "pt2"]) == 1
+    assert sorted(os.listdir(fresh)) == ["serving.rejected.json"]
+    record = json.loads((fresh / "serving.rejected.json").read_text())
+    assert record["passed"] is False and record["tolerance"] == 1e-5 and record["parity_max_abs_diff"] == {"pt2": 3e-3}
+    # ...and a previous passing export in the same directory stays as it was.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert export_main(["--ckpt", checkpoint, "--out_dir", str(out), "--format", "pt2", "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "serving.rejected.json"} == before
 
 
 def test_export_command_missing_checkpoint(tmp_path) -> None:
