@@ -74,7 +74,7 @@ def test_recipes_are_listed_copied_and_resolved(elsewhere: Path, capsys) -> None
     assert (elsewhere / "recipes" / "common" / "trainer.yaml").is_file()
     assert resolve_recipe_paths(["--config", "recipes/twin.yaml"]) == (["--config", "recipes/twin.yaml"], [])
     (elsewhere / "recipes" / "twin.yaml").write_text("# edited\n")
-    with pytest.raises(FileExistsError, match="and 26 more already exist"):
+    with pytest.raises(FileExistsError, match=r"and \d+ more already exist"):
         copy_recipes(elsewhere / "recipes")
     assert (elsewhere / "recipes" / "twin.yaml").read_text() == "# edited\n"
     assert run(["recipes", "copy"]) == 2 and "--force" in capsys.readouterr().err
@@ -186,7 +186,7 @@ def test_table_with_string_labels(elsewhere: Path, capsys) -> None:
 
 def test_broken_csv_line_names_file_and_line(elsewhere: Path, capsys) -> None:
     message = error_of(capsys, *_table(elsewhere / "t", "u1,i1,c1,1,i2,c2\nu2,i3,c1,0,i2\nu3,i4,c1,1,i2,c2\n"))
-    assert "train.csv, line 3: expected 6 columns, got 5: 'u2,i3,c1,0,i2'" in message
+    assert "train.csv, line 3: expected 6 fields separated by ',', got 5: 'u2,i3,c1,0,i2'" in message
 
 
 def test_missing_data_root_says_where_to_get_the_data(elsewhere: Path, capsys) -> None:

@@ -160,3 +160,18 @@ def test_round_trip_grocery_fixture_csv(tmp_path: Path) -> None:
     plain = TableDataModule(str(out), **kwargs)
     assert len(plain.split("test")) == len(builtin.split("test"))
     assert plain.feature_spec.num_items <= builtin.feature_spec.num_items
+
+
+def test_csv_bad_line_is_named_or_skipped(tmp_path: Path) -> None:
+    root = _write_csv_table(tmp_path / "t")
+    train = root / "train.csv"
+    lines = train.read_text().splitlines()
+    lines.insert(2, "u9,i9,c9,1")  # 4 fields of 8, as line 3 of the file
+    train.write_text("\n".join(lines) + "\n")
+    strict = TableDataModule(root=str(root), context_columns=["device", "city"], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"train.csv, line 3: expected 8 fields separated by ',', got 4: 'u9,i9,c9,1'"):
+        strict.feature_spec
+    lenient = TableDataModule(root=str(root), context_columns=["device", "city"], cache_dir=str(tmp_path / "c"),
+                              on_bad_line="skip")
+    assert len(lenient.split("train")) == 4  # the four good rows, the bad one counted in a warning
+    assert "u9" not in lenient.raw_ids("train")["user_id"].tolist()

@@ -34,21 +34,24 @@ def _open_bytes(path: str) -> bytes:
 def read_delimited(
     path: str,
     separator: str,
-    names: Sequence[str],
+    names: Optional[Sequence[str]],
     types: dict[str, pa.DataType],
     on_bad_line: OnBadLine = "error",
     encoding: str = "utf-8",
+    quoting: bool = False,
 ) -> pa.Table:
-    """A header-less delimited file as a table.
+    """A delimited text file as a table.
 
     Args:
         path: the file (``.gz`` is decompressed).
         separator: the field separator; may be several characters (MovieLens' ``::``).
-        names: the column names, one per field.
-        types: the types of the columns to convert (others stay strings).
+        names: the column names, one per field, for a file without a header; ``None`` reads
+            them from the first line.
+        types: the types of the columns to convert (others are inferred, or strings).
         on_bad_line: a line with another number of fields raises (``"error"``, naming file and
             line) or is skipped and counted in a warning (``"skip"``).
         encoding: the file's encoding (MovieLens' title files are ISO-8859-1).
+        quoting: honour ``"`` quotes (CSV tables); off for logs whose titles hold quotes.
 
     Raises:
         ValueError: a malformed line under ``"error"``, or a field that does not convert.
@@ -63,25 +66,37 @@ def read_delimited(
         bad.append(row)
         return "error" if on_bad_line == "error" else "skip"
 
-    try:
-        table = pa_csv.read_csv(
+    def read(threads: bool) -> pa.Table:
+        return pa_csv.read_csv(
             io.BytesIO(data),
-            # Single-threaded: only then does pyarrow know the line number of a bad row.
-            read_options=pa_csv.ReadOptions(column_names=list(names), encoding=encoding, use_threads=False),
-            parse_options=pa_csv.ParseOptions(delimiter=separator, quote_char=False, invalid_row_handler=handle),
+            read_options=pa_csv.ReadOptions(column_names=None if names is None else list(names), encoding=encoding,
+                                            use_threads=threads),
+            parse_options=pa_csv.ParseOptions(delimiter=separator, quote_char='"' if quoting else False,
+                                              invalid_row_handler=handle),
             convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
+
+    try:
+        # Threaded first; pyarrow knows line numbers only single-threaded, so a bad line is
+        # located by a second, single-threaded read (the error path only).
+        table = read(threads=True)
     except pa.ArrowInvalid as error:
-        if bad and on_bad_line == "error":
-            row = bad[0]
-            text = row.text.replace(_UNIT_SEPARATOR, written)[:120]
-            raise ValueError(
-                f"{path}, line {row.number}: expected {len(names)} fields separated by {written!r}, "
-                f"got {row.actual_columns}: {text!r} (on_bad_line='skip' skips such lines)"
-            ) from None
-        raise ValueError(f"{path}: {error}") from None
+        if not bad:
+            raise ValueError(f"{path}: {error}") from None
+        bad.clear()
+        try:
+            read(threads=False)
+        except pa.ArrowInvalid:
+            pass
+        row = bad[0]
+        text = row.text.replace(_UNIT_SEPARATOR, written)[:120]
+        raise ValueError(
+            f"{path}, line {row.number}: expected {row.expected_columns} fields separated by {written!r}, "
+            f"got {row.actual_columns}: {text!r} (on_bad_line='skip' skips such lines)"
+        ) from None
     if bad:
-        log.warning("skipped %d malformed line(s) in %s (first: line %s)", len(bad), path, bad[0].number)
+        where = f" (first: line {bad[0].number})" if bad[0].number is not None else ""
+        log.warning("skipped %d malformed line(s) in %s%s", len(bad), path, where)
     return table
 
 

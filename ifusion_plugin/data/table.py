@@ -37,10 +37,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from ..batch import FIRST_ID, OOV_ID, PAD_ID
+from .logs import OnBadLine, read_delimited
 from .sequences import SequenceOptions, split_history
 
 __all__ = [
@@ -157,41 +157,10 @@ def find_split_files(root: str) -> dict[str, str]:
     )
 
 
-def _read_csv(path: str) -> pa.Table:
-    """``pyarrow.csv.read_csv``, with a malformed line reported by file and line number."""
-    try:
-        return pa_csv.read_csv(path)
-    except pa.ArrowInvalid as error:
-        raise ValueError(_first_bad_line(path) or f"{path}: not a readable CSV table ({error})") from None
-
-
-def _first_bad_line(path: str) -> Optional[str]:
-    """``"<path>, line N: expected C columns, got D: '<text>'"`` for the first malformed line.
-
-    Read again single-threaded: only then does pyarrow know line numbers (counted from 1,
-    header included), and this runs on the error path only.
-    """
-    bad: list[pa_csv.InvalidRow] = []
-
-    def keep(row: pa_csv.InvalidRow) -> str:
-        bad.append(row)
-        return "error"
-
-    try:
-        pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(use_threads=False),
-                        parse_options=pa_csv.ParseOptions(invalid_row_handler=keep))
-    except pa.ArrowInvalid:
-        pass
-    if not bad:
-        return None
-    row = bad[0]
-    return f"{path}, line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:120]!r}"
-
-
-def _read_file(path: str, list_separator: str) -> pa.Table:
+def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error") -> pa.Table:
     if path.endswith(".parquet"):
         return pq.read_table(path)
-    table = _read_csv(path)
+    table = read_delimited(path, ",", None, {}, on_bad_line, quoting=True)
     for name in LIST_COLUMNS:
         if name in table.column_names:
             column = table[name]
@@ -205,12 +174,14 @@ def _read_file(path: str, list_separator: str) -> pa.Table:
     return table
 
 
-def read_split_tables(root: str, list_separator: str = " ") -> dict[str, pa.Table]:
+def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLine = "error") -> dict[str, pa.Table]:
     """Read the three splits of a table dataset, validated.
 
     Args:
         root: see :func:`find_split_files`.
         list_separator: separator of list columns in CSV files.
+        on_bad_line: a CSV line with another number of fields raises naming the file and line
+            (``"error"``) or is skipped and counted in a warning (``"skip"``).
 
     Returns:
         ``{"train": table, "valid": table, "test": table}``.
@@ -224,7 +195,7 @@ def read_split_tables(root: str, list_separator: str = " ") -> dict[str, pa.Tabl
     tables: dict[str, pa.Table] = {}
     if len(set(files.values())) == 1:
         path = files["train"]
-        table = _read_file(path, list_separator)
+        table = _read_file(path, list_separator, on_bad_line)
         if "split" not in table.column_names:
             raise ValueError(f"{path}: a single-file table needs a 'split' column with values train/valid/test")
         names = pc.utf8_lower(table["split"].cast(pa.string()))
@@ -238,7 +209,7 @@ def read_split_tables(root: str, list_separator: str = " ") -> dict[str, pa.Tabl
             tables[split] = table.filter(pc.is_in(names, value_set=pa.array(aliases)))
     else:
         for split, path in files.items():
-            tables[split] = _read_file(path, list_separator)
+            tables[split] = _read_file(path, list_separator, on_bad_line)
     for split, table in tables.items():
         validate_table(table, files[split])
     return tables

@@ -68,6 +68,8 @@ class TableDataModule(CTRDataModule):
             types (as the file spells them) the long-term sequence and the sessions may hold
             (``None``: all); the paper's heterogeneous setting takes the long-term sequence from
             one kind and the sessions from all. Batches then carry ``session_behaviors``.
+        on_bad_line: a CSV line with another number of fields raises naming the file and line
+            (``"error"``) or is skipped and counted in a warning (``"skip"``).
         cache_dir: where the encoded splits are cached (``None``: the base class default,
             ``$IFUSION_CACHE_DIR`` or ``~/.cache/ifusion-plugin``); the key covers every option
             above that changes content, the resolved ``root`` and the files' sizes and mtimes.
@@ -98,9 +100,10 @@ class TableDataModule(CTRDataModule):
         cache_dir: Optional[str] = None,
         long_behaviors: Optional[Sequence[Union[int, str]]] = None,
         session_behaviors: Optional[Sequence[Union[int, str]]] = None,
+        on_bad_line: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, "error")
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
         for name, value in (("long_behaviors", long_behaviors), ("session_behaviors", session_behaviors)):
             if value is not None and (isinstance(value, str) or len(value) == 0):
                 raise ValueError(f"{name} must be a non-empty list of behaviour types, got {value!r}")
@@ -134,10 +137,11 @@ class TableDataModule(CTRDataModule):
             "encoded_ids": self.encoded_ids,
             "long_behaviors": self.long_behaviors,
             "session_behaviors": self.session_behaviors,
+            "on_bad_line": self.on_bad_line,
         }
 
     def _build(self) -> tuple[SplitArrays, FeatureSpec]:
-        tables = read_split_tables(self.root, self.list_separator)
+        tables = read_split_tables(self.root, self.list_separator, self.on_bad_line)
         for name in self.context_columns:
             for split, table in tables.items():
                 if name not in table.column_names:
