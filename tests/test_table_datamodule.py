@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -175,3 +176,32 @@ def test_csv_bad_line_is_named_or_skipped(tmp_path: Path) -> None:
                               on_bad_line="skip")
     assert len(lenient.split("train")) == 4  # the four good rows, the bad one counted in a warning
     assert "u9" not in lenient.raw_ids("train")["user_id"].tolist()
+
+
+def test_split_directories_of_shards_read_as_one_table(tmp_path: Path) -> None:
+    """The layout a Spark job writes (``train/part-*.parquet`` + ``_SUCCESS``) gives the same
+    samples as one file per split; shards are read in name order."""
+    single = _write_csv_table(tmp_path / "single")
+    sharded = tmp_path / "sharded"
+    (sharded / "train").mkdir(parents=True)
+    for split in ("valid", "test"):
+        (sharded / f"{split}.csv").write_text((single / f"{split}.csv").read_text())
+    header, *rows = (single / "train.csv").read_text().splitlines()
+    for n, part in enumerate((rows[:3], rows[3:])):
+        (sharded / "train" / f"part-{n:05d}.csv").write_text("\n".join([header, *part]) + "\n")
+    (sharded / "train" / "_SUCCESS").write_text("")
+    one = TableDataModule(root=str(single), context_columns=["device", "city"], cache_dir=str(tmp_path / "c1"))
+    many = TableDataModule(root=str(sharded), context_columns=["device", "city"], cache_dir=str(tmp_path / "c2"))
+    assert many.feature_spec == one.feature_spec
+    for name in ("train", "valid", "test"):
+        left, right = one.split(name), many.split(name)
+        assert all(np.array_equal(np.asarray(left[c]), np.asarray(right[c])) for c in left.column_names)
+    assert many.raw_ids("train")["user_id"].tolist() == one.raw_ids("train")["user_id"].tolist()
+    # A later shard changes the cache key (each shard's size and mtime is in it).
+    assert len(many._raw_files()) == 2 + 2
+    (sharded / "train" / "part-00001.csv").write_text(header + "\n")
+    with pytest.raises(FileNotFoundError, match="no .parquet or .csv shards"):
+        empty = sharded / "valid"
+        empty.mkdir()
+        (sharded / "valid.csv").unlink()
+        TableDataModule(root=str(sharded), cache_dir=str(tmp_path / "c3")).feature_spec

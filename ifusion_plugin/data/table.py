@@ -50,6 +50,7 @@ __all__ = [
     "Vocabulary",
     "TableVocabularies",
     "find_split_files",
+    "split_files",
     "read_split_tables",
     "validate_table",
     "build_vocabularies",
@@ -118,16 +119,35 @@ class TableVocabularies:
     behaviors: Optional[Vocabulary] = None
 
 
+def split_files(path: str) -> list[str]:
+    """The files of one split: ``[path]`` for a file, or the shards of a directory (what Spark's
+    ``df.write.parquet(dir)`` leaves: ``part-*.parquet``, sorted by name; ``_SUCCESS`` and other
+    names starting with ``_`` or ``.`` are ignored).
+
+    Raises:
+        FileNotFoundError: a directory without ``.parquet`` or ``.csv`` shards, or mixing both.
+    """
+    if not os.path.isdir(path):
+        return [path]
+    shards = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(_ENDINGS) and not n.startswith(("_", ".")))
+    endings = {os.path.splitext(shard)[1] for shard in shards}
+    if not shards or len(endings) > 1:
+        found = "both .parquet and .csv shards" if shards else "no .parquet or .csv shards"
+        raise FileNotFoundError(f"split directory {path!r} must hold .parquet or .csv shards of one kind; found {found}")
+    return shards
+
+
 def find_split_files(root: str) -> dict[str, str]:
     """Locate the split files of a table dataset.
 
     Args:
-        root: a directory with ``train``/``valid``/``test`` files (``.parquet`` or ``.csv``), or
-            one ``.parquet``/``.csv`` file with a ``split`` column.
+        root: a directory with ``train``/``valid``/``test`` files (``.parquet`` or ``.csv``) or
+            directories of shards (``train/part-*.parquet``, as a Spark job writes them; see
+            :func:`split_files`), or one ``.parquet``/``.csv`` file with a ``split`` column.
 
     Returns:
-        ``{"train": path, "valid": path, "test": path}``; the three paths are the same file when
-        the splits come from a ``split`` column.
+        ``{"train": path, "valid": path, "test": path}`` (a file or a shard directory each); the
+        three paths are the same file when the splits come from a ``split`` column.
 
     Raises:
         FileNotFoundError: nothing usable at ``root``, naming what was looked for.
@@ -145,6 +165,9 @@ def find_split_files(root: str) -> dict[str, str]:
             if os.path.isfile(path):
                 found[split] = path
                 break
+        else:
+            if os.path.isdir(os.path.join(root, split)):
+                found[split] = os.path.join(root, split)
     if len(found) == len(SPLITS):
         return found
     singles = [os.path.join(root, name) for name in sorted(os.listdir(root)) if name.endswith(_ENDINGS)]
@@ -155,6 +178,17 @@ def find_split_files(root: str) -> dict[str, str]:
         f"root {root!r} must hold train, valid and test files (.parquet or .csv) or a single file with a "
         f"'split' column; missing {missing}"
     )
+
+
+def _read_split(path: str, list_separator: str, on_bad_line: OnBadLine = "error") -> pa.Table:
+    """One split's table: a file, or a shard directory's files concatenated in name order."""
+    tables = [_read_file(shard, list_separator, on_bad_line) for shard in split_files(path)]
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowInvalid as error:
+        raise ValueError(f"{path}: the shards' schemas differ ({error})") from None
 
 
 def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error") -> pa.Table:
@@ -195,7 +229,7 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
     tables: dict[str, pa.Table] = {}
     if len(set(files.values())) == 1:
         path = files["train"]
-        table = _read_file(path, list_separator, on_bad_line)
+        table = _read_split(path, list_separator, on_bad_line)
         if "split" not in table.column_names:
             raise ValueError(f"{path}: a single-file table needs a 'split' column with values train/valid/test")
         names = pc.utf8_lower(table["split"].cast(pa.string()))
@@ -209,7 +243,7 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
             tables[split] = table.filter(pc.is_in(names, value_set=pa.array(aliases)))
     else:
         for split, path in files.items():
-            tables[split] = _read_file(path, list_separator, on_bad_line)
+            tables[split] = _read_split(path, list_separator, on_bad_line)
     for split, table in tables.items():
         validate_table(table, files[split])
     return tables

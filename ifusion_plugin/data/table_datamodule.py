@@ -27,6 +27,7 @@ from .table import (
     encode_table,
     find_split_files,
     read_split_tables,
+    split_files,
     vocabulary_sizes,
 )
 
@@ -123,7 +124,8 @@ class TableDataModule(CTRDataModule):
         return "table"
 
     def _raw_files(self) -> list[str]:
-        files = sorted(set(find_split_files(self.root).values()))
+        # Shards one by one: the cache key covers each file's size and mtime.
+        files = sorted({f for path in find_split_files(self.root).values() for f in split_files(path)})
         meta = self._meta_path()
         if self.encoded_ids and meta is not None:
             files.append(meta)
