@@ -1,6 +1,6 @@
 """LightningDataModules producing :class:`~ifusion_plugin.batch.CTRBatch` from cached Arrow splits.
 
-Protocol (DIN/DIEN, as ``/work/shared/benchmarks/ml1m_peer_split.py``): for a user's time-ordered
+Protocol (DIN/DIEN, the one the peer libraries were measured on, docs/data.md): for a user's time-ordered
 sequence ``s`` of length ``n``: test = position ``n-1``, valid = ``n-2``, train = the up to
 ``train_per_user`` latest positions ``p`` with ``min_train_position <= p <= n-3``. Each position
 gives one positive (``s[p]``, label 1) and one negative (rejected while the user ever
@@ -724,7 +724,7 @@ class MovieLens1MDataModule(CTRDataModule):
 
     def __init__(
         self,
-        root: str = "../shared/data/movielens-1m",
+        root: str = "movielens-1m",
         train_per_user: int = 20,
         min_train_position: int = 20,
         long_len: int = 100,
@@ -859,7 +859,7 @@ class AmazonGroceryDataModule(CTRDataModule):
 
     def __init__(
         self,
-        root: str = "../shared/data/amazon-grocery",
+        root: str = "amazon-grocery",
         train_per_user: int = 20,
         min_train_position: int = 1,
         session_gap_days: float = 1.0,
@@ -934,7 +934,7 @@ class TaobaoDataModule(CTRDataModule):
 
     def __init__(
         self,
-        root: str = "../shared/data/taobao-userbehavior-sample",
+        root: str = "taobao-userbehavior",
         positive_behaviors: tuple[str, ...] = ("pv", "cart", "fav", "buy"),
         long_behaviors: Optional[tuple[str, ...]] = None,
         session_behaviors: Optional[tuple[str, ...]] = None,
@@ -1032,7 +1032,7 @@ class AmazonBooksDIENDataModule(CTRDataModule):
 
     def __init__(
         self,
-        root: str = "../shared/data/amazon-books-dien",
+        root: str = "amazon-books-dien",
         valid_user_fraction: float = 0.1,
         long_len: int = 100,
         num_sessions: int = 4,

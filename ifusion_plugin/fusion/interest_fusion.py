@@ -2,7 +2,7 @@
 
 The projected long-term interest ``h_long`` is ``x_0`` of a diffusion; the sessions guide the
 reverse process through core-preference and transient-fluctuation guidance (DCFG), injected
-session by session by the MARN denoiser. See docs/fusion.md and /shared/DESIGN.md.
+session by session by the MARN denoiser. See docs/fusion.md.
 """
 
 from __future__ import annotations

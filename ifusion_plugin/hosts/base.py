@@ -51,7 +51,7 @@ class CTRHost(nn.Module):
       ``(B, K, 2 * embed_dim)``;
     - the fusion slot, built as ``fusion(long_dim, session_dim)``;
     - the head, an MLP over ``[fused, target item, target cate, user, context...]``, plus
-      ``h_long`` when ``head_sees_long`` (an option DESIGN.md asks for: a fusion layer that can
+      ``h_long`` when ``head_sees_long`` (for the trap of docs/hosts.md: a fusion layer that can
       drop the long-term interest is then compared with the head still seeing it; turn it on
       for every fusion layer of a comparison, the concat baseline included).
 

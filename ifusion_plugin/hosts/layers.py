@@ -355,7 +355,7 @@ class SessionEncoder(nn.Module):
         num_heads: attention heads of the encoder layer; must divide ``dim``.
         feedforward_dim: hidden width of the encoder layer's feed-forward block.
         dropout: dropout inside the encoder layer.
-        num_layers: transformer encoder layers (default 1, as DESIGN.md reads the paper); ``0``
+        num_layers: transformer encoder layers (default 1, our reading of the paper's session encoder); ``0``
             pools the behaviours' own features, as FuxiCTR's short-term branch reads them.
         positions: add a learned positional embedding to the behaviours before the encoder
             layers (default True). A pooling alone is order-blind, so ``num_layers=0`` with

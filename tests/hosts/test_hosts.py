@@ -124,7 +124,11 @@ def test_interest_fusion_losses_reach_host_output() -> None:
     host = HOSTS["TWIN"](SPEC, fusion=FUSIONS["interest"])
     host.train()
     output = host(make_batch())
+    # The named losses, each a finite scalar whose gradient reaches the fusion layer's weights.
+    assert set(output.losses) == {"evolution", "disentangle", "consistency"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in output.losses.values())
+    sum(output.losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in host.fusion.parameters())
     host.eval()
     with torch.no_grad():
         assert torch.isfinite(host(make_batch()).logits).all()
@@ -395,9 +399,35 @@ def test_bad_options_raise_naming_the_argument(build, argument: str) -> None:
         build()
 
 
-def test_hosts_are_ctrhost_subclasses() -> None:
-    for build in HOSTS.values():
-        assert isinstance(build(SPEC), CTRHost)
+class _RecordingConcat(ConcatFusion):
+    """A concat that records what the host built it with and fed it."""
+
+    def __init__(self, long_dim: int, session_dim: int) -> None:
+        super().__init__(long_dim, session_dim, fusion_dim=8)
+        self.built_with, self.fed = (long_dim, session_dim), []
+
+    def forward(self, h_long, h_sessions, session_mask=None, long_mask=None):
+        self.fed.append((tuple(h_long.shape), tuple(h_sessions.shape), tuple(session_mask.shape)))
+        return super().forward(h_long, h_sessions, session_mask, long_mask)
+
+
+@pytest.mark.parametrize("host_name", list(HOSTS))
+def test_every_host_feeds_its_fusion_slot_the_contract_shapes(host_name: str) -> None:
+    """Each host builds its fusion as ``fusion(long_dim, session_dim)`` and calls it once per
+    forward with ``h_long (B, long_dim)``, ``h_sessions (B, K, session_dim)`` and a ``(B, K)``
+    mask; the head reads the fused output (a host bypassing the slot fails here)."""
+    host = HOSTS[host_name](SPEC, fusion=_RecordingConcat).eval()
+    assert isinstance(host, CTRHost) and host.fusion.built_with == (host.long_dim, host.session_dim)
+    batch = make_batch()
+    with torch.no_grad():
+        logits = host(batch).logits
+    B, K = batch.user.shape[0], SPEC.num_sessions
+    assert host.fusion.fed == [((B, host.long_dim), (B, K, host.session_dim), (B, K))]
+    assert logits.shape == (B,)
+    with torch.no_grad():
+        host.fusion.projection.weight.zero_()
+        host.fusion.projection.bias.fill_(3.0)
+        assert not torch.allclose(host(batch).logits, logits)
 
 
 @pytest.mark.parametrize("output_projection", [False, True])
