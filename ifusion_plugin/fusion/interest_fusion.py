@@ -7,6 +7,7 @@ session by session by the MARN denoiser. See docs/fusion.md.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, Optional
 
 import torch
@@ -90,11 +91,14 @@ class InterestFusion(FusionLayer):
             guidance dropout, one pass).
         p_drop_cp, p_drop_tf: per-example probability of replacing the core / transient
             guidance by its null vector in training (``cfg`` uses ``p_drop_cp``).
-        gamma_cp, gamma_tf: guidance scales. The default keeps the paper's 2 : 1 ratio with
-            ``gamma_cp + gamma_tf = 1``: eq. 14 then equals the Algorithm 1 combination, so the
-            model is served the combination it was trained with, and the unconditional pass
-            (weight ``1 - gamma_cp - gamma_tf``) is skipped. The paper's 2.0 / 1.0 extrapolate
-            at serving (measured in BENCHMARKS.md: lower validation AUC on MovieLens-1M).
+        gamma_cp, gamma_tf: guidance scales (``cfg`` uses ``gamma_cp`` alone). The defaults
+            (``None``) serve the combination the model was trained with: ``dcfg`` keeps the
+            paper's 2 : 1 ratio with ``gamma_cp + gamma_tf = 1`` (eq. 14 then equals the
+            Algorithm 1 combination and the unconditional pass, weight ``1 - gamma_cp -
+            gamma_tf``, is skipped); ``cfg`` gets ``gamma_cp = 1``. Scales whose sum is not 1
+            extrapolate at serving beyond what ``train_combination='algorithm1'`` trained, and
+            a ``UserWarning`` says so (the paper's 2.0 / 1.0 do; measured in BENCHMARKS.md:
+            lower validation AUC on MovieLens-1M).
         train_combination: ``"algorithm1"`` (weights ``gamma_j / (gamma_cp + gamma_tf)``) or
             ``"inference"`` (eq. 14 in training as well).
         denoiser: ``"marn"``, ``"marn_attention"``, ``"nar_mlp"`` or ``"nar_attention"``.
@@ -147,8 +151,8 @@ class InterestFusion(FusionLayer):
         guidance: Literal["none", "cfg", "dcfg"] = "dcfg",
         p_drop_cp: float = 0.1,
         p_drop_tf: float = 0.1,
-        gamma_cp: float = 2.0 / 3.0,
-        gamma_tf: float = 1.0 / 3.0,
+        gamma_cp: Optional[float] = None,
+        gamma_tf: Optional[float] = None,
         train_combination: Literal["algorithm1", "inference"] = "algorithm1",
         denoiser: Literal["marn", "marn_attention", "nar_mlp", "nar_attention"] = "marn",
         denoiser_hidden_dim: int = 128,
@@ -193,6 +197,12 @@ class InterestFusion(FusionLayer):
         for name, p in (("p_drop_cp", p_drop_cp), ("p_drop_tf", p_drop_tf), ("p_drop_long", p_drop_long),
                         ("core_dropout", core_dropout), ("transient_dropout", transient_dropout)):
             _probability(name, p)
+        # Defaults that serve the combination trained with: the weights sum to 1 (dcfg keeps the
+        # paper's 2 : 1 ratio; cfg's single scale is 1, the conditional output itself).
+        if gamma_cp is None:
+            gamma_cp = 2.0 / 3.0 if guidance == "dcfg" else 1.0
+        if gamma_tf is None:
+            gamma_tf = 1.0 / 3.0 if guidance == "dcfg" else 0.0
         for name, w in (("gamma_cp", gamma_cp), ("gamma_tf", gamma_tf), ("evolution_weight", evolution_weight),
                         ("disentangle_weight", disentangle_weight), ("consistency_weight", consistency_weight)):
             _non_negative(name, w)
@@ -200,6 +210,16 @@ class InterestFusion(FusionLayer):
             raise ValueError("gamma_cp + gamma_tf must be positive with guidance='dcfg'")
         if not isinstance(sampling_seed, int) or isinstance(sampling_seed, bool):
             raise ValueError(f"sampling_seed must be an int, got {sampling_seed!r}")
+        active = {"cfg": gamma_cp, "dcfg": gamma_cp + gamma_tf}.get(guidance)
+        if active is not None and train_combination == "algorithm1" and abs(1.0 - active) > _UNCOND_WEIGHT_TOLERANCE:
+            # Not an error: the paper serves 2.0 / 1.0. But never silent.
+            warnings.warn(
+                f"guidance={guidance!r} with scales summing to {active:g} (not 1): serving extrapolates "
+                f"with weight {1.0 - active:+g} on the unconditional pass, while training used the conditional "
+                "combination (train_combination='algorithm1'); train_combination='inference' trains on what is served",
+                UserWarning,
+                stacklevel=2,
+            )
 
         self.guidance = guidance
         self.t_start = t_start

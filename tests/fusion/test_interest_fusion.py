@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -470,3 +471,29 @@ def test_evolution_prediction_read_from_the_chain_equals_a_separate_pass(denoise
     valid = mask.sum(dim=1) >= 2
     torch.testing.assert_close(prefix[valid], separate[valid], rtol=0, atol=1e-6)
     torch.testing.assert_close(full, m._guided(x_t, t, m._branches(guidance, mask, keep), x_t, combination)[0])
+
+
+@pytest.mark.parametrize("guidance", ["cfg", "dcfg"])
+def test_default_scales_serve_the_combination_trained_with(guidance, recwarn):
+    """With the default scales the eval combination (eq. 7 / 14) equals the training one
+    (Algorithm 1): no unconditional pass is mixed in at serving that training never saw."""
+    m = make(guidance=guidance).eval()
+    assert not [w for w in recwarn if "extrapolates" in str(w.message)]
+    h_long, h_sessions, mask = inputs()
+    with torch.no_grad():
+        x0 = m.long_projection(h_long)
+        sessions, smask = m._sessions(h_sessions, mask)
+        branches = m._branches(m.encoder(sessions, smask), smask, None)
+        t = torch.full((4,), 7)
+        served, _ = m._guided(x0, t, branches, None, "inference")
+        trained, _ = m._guided(x0, t, branches, None, "algorithm1")
+    torch.testing.assert_close(served, trained)
+
+
+@pytest.mark.parametrize("options", [dict(guidance="cfg", gamma_cp=2.0 / 3.0), dict(guidance="dcfg", gamma_cp=2.0, gamma_tf=1.0)])
+def test_scales_that_extrapolate_at_serving_warn(options):
+    with pytest.warns(UserWarning, match="serving extrapolates"):
+        make(**options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(**options, train_combination="inference")  # trains on what is served: no warning
