@@ -48,7 +48,10 @@ class CTRTask(pl.LightningModule):
             datamodule's ``feature_spec``.
         lr: Adam learning rate (the paper's 1e-3).
         eps: Adam epsilon (the paper's 1e-7, TensorFlow's default, which the paper's runs used).
-        weight_decay: Adam L2 weight decay (0 in the paper).
+        weight_decay: Adam L2 weight decay on every parameter (default 0). The paper's eq. 18
+            puts ``beta ||theta||`` on the core-preference branch only; we regularise that
+            branch by dropout and pooling instead (docs/fusion.md, "Where this departs from the
+            paper").
 
     Call arguments (``forward``):
         batch: a :class:`CTRBatch`.
