@@ -34,14 +34,13 @@ from __future__ import annotations
 import csv
 import functools
 import importlib
+import logging
 import os
 import sys
 import warnings
 import zipfile
-from typing import Any, Optional
-
-import logging
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -64,8 +63,17 @@ from .recipes import resolve_recipe_paths
 from .task import CTRTask
 
 
-__all__ = ["CTRLightningCLI", "check_model_config", "checkpoint_problem", "config_beside_checkpoint", "finished_run_message", "format_summary",
-           "main", "run", "write_predictions"]
+__all__ = [
+    "CTRLightningCLI",
+    "check_model_config",
+    "checkpoint_problem",
+    "config_beside_checkpoint",
+    "finished_run_message",
+    "format_summary",
+    "main",
+    "run",
+    "write_predictions",
+]
 
 #: ``python -m ifusion_plugin.cli --help``: every command, one line each.
 COMMANDS = {

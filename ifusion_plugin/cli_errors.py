@@ -72,6 +72,19 @@ def _yaml_location(key: str, files: Iterable[str]) -> Optional[str]:
     return None
 
 
+def _text_location(text: str, files: Iterable[str]) -> Optional[str]:
+    """``"file:line"`` of the first line containing ``text`` in one of ``files``."""
+    for path in files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, start=1):
+            if text in line:
+                return f"{path}:{number}"
+    return None
+
+
 def _where(key: str, argv: list[str]) -> str:
     """Where a key was set: the command-line flag, or the YAML file and line."""
     for word in argv:
@@ -133,8 +146,10 @@ def _parse_error(text: str, argv: list[str]) -> Optional[list[str]]:
     if unknown:
         module, name = unknown.groups()
         classes = _module_classes(module)
-        return [f"error: {_where('class_path', argv) if 'class_path' in ' '.join(argv) else path}: "
-                f"no class {module}.{name}{_closest(name, classes)}",
+        flag = next((w.split("=", 1)[0] for w in argv if w.startswith("--") and w.split("=", 1)[0].endswith(
+            (".class_path", ".host", ".fusion"))), None)
+        where = (f"option {flag}" if flag else None) or _text_location(f"{module}.{name}", config_files(argv)) or path
+        return [f"error: {where}: no class {module}.{name}{_closest(name, classes)}",
                 f"available in {module}: {_listing(classes)}"]
     literal = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: ([^\s.]+)", text)
     if literal:

@@ -150,6 +150,12 @@ def test_unknown_class_lists_the_available_ones(elsewhere: Path, capsys, key: st
     assert f"no class {value}" in message and all(text in message for text in listed)
 
 
+def test_unknown_class_in_yaml_names_file_and_line(elsewhere: Path, capsys) -> None:
+    (elsewhere / "mine.yaml").write_text("model:\n  init_args:\n    host:\n      class_path: ifusion_plugin.hosts.TWINN\n")
+    message = error_of(capsys, "fit", "--config", "recipes/twin.yaml", "--config", "mine.yaml")
+    assert "mine.yaml:4: no class ifusion_plugin.hosts.TWINN; did you mean 'TWIN'?" in message
+
+
 @pytest.mark.parametrize("option, expected", [
     ("schedule=quadratic", "schedule = 'quadratic'", ),
     ("gamma_cpp=2", "InterestFusion has no option 'gamma_cpp'; did you mean 'gamma_cp'?"),
