@@ -45,6 +45,16 @@ def test_quality_quick_and_resume(tmp_path) -> None:
     assert all(p["seeds"] == 2 and p["low"] <= p["diff"] <= p["high"] for p in pairs.values())
     assert "Popularity-only test AUC: 0." in table and "paired diff vs concat" in table
 
+    # How much of each iFusion result is the generated interest: the same rows with the gate zeroed.
+    contribution = subprocess.run([sys.executable, "-m", "benchmarks.fusion_contribution", "--out", str(out),
+                                   "--logs", str(tmp_path / "logs"), "--replicates", "200"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert contribution.returncode == 0, contribution.stderr[-3000:]
+    measured = json.loads((out / "contribution.json").read_text())
+    assert sorted(measured) == ["avgpool", "twin"] and all(m["seeds"] == [0, 1] for m in measured.values())
+    assert all(m["low"] <= m["zeroed_minus_kept"] <= m["high"] and m["mean_abs_gate"] > 0 for m in measured.values())
+    assert "| TWIN | 2 |" in contribution.stdout
+
     # --report rebuilds the same table from the committed raw results alone.
     report = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--report", "--out", str(out),
                              "--predictions", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True, timeout=300)
