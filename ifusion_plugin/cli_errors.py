@@ -14,7 +14,7 @@ import importlib
 import inspect
 import re
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 __all__ = ["MAX_LINES", "config_files", "short_error", "top_level_keys"]
 
@@ -58,31 +58,27 @@ def _listing(choices: Iterable[str], limit: int = 12) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def _yaml_location(key: str, files: Iterable[str]) -> Optional[str]:
-    """``"file:line"`` of the first line that sets ``key:`` in one of the YAML ``files``."""
-    pattern = re.compile(rf"^\s*-?\s*{re.escape(key)}\s*:")
+def _first_line(files: Iterable[str], matches: Callable[[str], object]) -> Optional[str]:
+    """``"file:line"`` of the first line of ``files`` that ``matches``, or ``None``."""
     for path in files:
         try:
             lines = Path(path).read_text().splitlines()
         except OSError:
             continue
         for number, line in enumerate(lines, start=1):
-            if pattern.match(line):
+            if matches(line):
                 return f"{path}:{number}"
     return None
+
+
+def _yaml_location(key: str, files: Iterable[str]) -> Optional[str]:
+    """Where ``key:`` is first set in one of the YAML ``files``."""
+    return _first_line(files, re.compile(rf"^\s*-?\s*{re.escape(key)}\s*:").match)
 
 
 def _text_location(text: str, files: Iterable[str]) -> Optional[str]:
-    """``"file:line"`` of the first line containing ``text`` in one of ``files``."""
-    for path in files:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError:
-            continue
-        for number, line in enumerate(lines, start=1):
-            if text in line:
-                return f"{path}:{number}"
-    return None
+    """Where ``text`` first occurs in one of ``files``."""
+    return _first_line(files, lambda line: text in line)
 
 
 def _where(key: str, argv: list[str]) -> str:
