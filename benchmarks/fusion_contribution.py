@@ -14,17 +14,16 @@ retrained: the two scores differ only in the gate, on the same rows.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 
 from ifusion_plugin.fusion import InterestFusion
 from ifusion_plugin.paired import paired_auc_difference
+from ifusion_plugin.run_config import datamodule_from_config
 from ifusion_plugin.task import CTRTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +41,8 @@ def best_checkpoint(logs: Path, host: str, seed: int) -> Path:
 def datamodule_of(config: Path, data_root: Optional[str] = None):
     """The datamodule of a run's resolved config (``<out>/configs/*.yaml``, every option the run
     used), relative roots resolved from the repository (the runs' working directory)."""
-    section = yaml.safe_load(config.read_text())["data"]
-    module, _, name = section["class_path"].rpartition(".")
-    init = {**(section.get("init_args") or {}), "eval_batch_size": 2048}
-    if data_root or init.get("root"):
-        init["root"] = str((ROOT / (data_root or init["root"])).resolve())
-    datamodule = getattr(importlib.import_module(module), name)(**init)
+    overrides = {"eval_batch_size": 2048, **({"root": data_root} if data_root else {})}
+    datamodule = datamodule_from_config(str(config), cwd=str(ROOT), overrides=overrides)
     datamodule.setup("validate")
     return datamodule
 

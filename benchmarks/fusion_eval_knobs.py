@@ -17,7 +17,6 @@ the serving defaults were chosen (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 from pathlib import Path
@@ -29,6 +28,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from ifusion_plugin.data import MovieLens1MDataModule
 from ifusion_plugin.fusion import InterestFusion
+from ifusion_plugin.run_config import datamodule_from_section
 from ifusion_plugin.task import CTRTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +51,11 @@ def load_recipe_datamodule(data: str, data_root: Optional[str], cwd: str, overri
     built in this process with ``root`` replaced by ``data_root`` when given, relative roots
     resolved from ``cwd``, and ``overrides`` applied to its init_args; set up for evaluation."""
     if data == "synthetic":
-        spec = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
+        section = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
     else:
-        spec = yaml.safe_load((ROOT / "recipes" / "data" / f"{data}.yaml").read_text())["data"]
-    init = {**spec.get("init_args", {}), **(overrides or {})}
-    if data_root:
-        init["root"] = data_root
-    if "root" in init:
-        init["root"] = str((Path(cwd) / init["root"]).resolve())
-    module, _, name = spec["class_path"].rpartition(".")
-    datamodule = getattr(importlib.import_module(module), name)(**init)
+        section = yaml.safe_load((ROOT / "recipes" / "data" / f"{data}.yaml").read_text())["data"]
+    overrides = {**(overrides or {}), **({"root": data_root} if data_root else {})}
+    datamodule = datamodule_from_section(section, source=f"recipes/data/{data}.yaml", cwd=cwd, overrides=overrides)
     datamodule.setup("validate")
     return datamodule
 

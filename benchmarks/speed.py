@@ -15,6 +15,11 @@ embedding 32, head [256, 128, 64]); batches are random in-vocabulary ids with pa
     python -m benchmarks.speed --host TWIN                       # the issue's table (minutes)
     python -m benchmarks.speed --host TWIN --compile             # + torch.compile rows
     python -m benchmarks.speed --quick                           # seconds: CI checks the harness
+
+Request form (``--candidates``, default 512): one user against C candidates through
+:class:`~ifusion_plugin.serving.RequestServingModel` (the user's side once) and, timed in the same
+interleaved loop, the row form of that very request; FLOPs per sample of the fusion layer and of
+the whole model from torch's ``FlopCounterMode``.
 """
 
 from __future__ import annotations
@@ -108,6 +113,65 @@ def inference_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[st
     return rows
 
 
+def fusion_flops(host: nn.Module, spec: FeatureSpec, rows: int, candidates: int) -> dict[str, float]:
+    """FLOPs per sample of the fusion layer alone (torch's FlopCounterMode, eval mode): in the
+    row form (``rows`` rows) and in the request form (one user's sessions prepared once, then
+    ``candidates`` candidates), and of the whole model in both forms."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ifusion_plugin.serving import RequestServingModel, ServingModel
+
+    fusion = host.fusion.eval()
+    h_long, h_sessions = torch.randn(rows, fusion.long_dim), torch.randn(rows, spec.num_sessions, fusion.session_dim)
+
+    def count(call: Callable[[], object]) -> int:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            call()
+        return counter.get_total_flops()
+
+    request_model, row_model = RequestServingModel(host, spec), ServingModel(host, spec)
+    request_inputs = request_model.example_inputs(candidates)
+    row_inputs = row_model.example_inputs(rows)
+    return {
+        "fusion_row": count(lambda: fusion(h_long, h_sessions)) / rows,
+        "fusion_request": count(lambda: fusion.fuse_prepared(h_long[:candidates], fusion.prepare_sessions(h_sessions[:1]))) / candidates,
+        "model_row": count(lambda: row_model(*row_inputs)) / rows,
+        "model_request": count(lambda: request_model(*request_inputs)) / candidates,
+    }
+
+
+def request_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[str, object]]:
+    """The request form (one user x ``args.candidates`` candidates) against the row form of the
+    same request (the user repeated per candidate), every variant timed interleaved; ratios to
+    concat in the same form, and FLOPs per sample."""
+    from ifusion_plugin.serving import RequestServingModel, ServingModel
+
+    hosts = {v.name: build_host(args.host, v, spec, args.quick).eval() for v in variants(args.sampling_steps)[:2] + [
+        v for v in variants(args.sampling_steps) if v.name in ("iFusion S=1", "iFusion S=1 h64")]}
+    requests = {name: RequestServingModel(host, spec) for name, host in hosts.items()}
+    rows_models = {name: ServingModel(host, spec) for name, host in hosts.items()}
+    inputs = next(iter(requests.values())).example_inputs(args.candidates, seed=7)
+    row_inputs = next(iter(requests.values())).rows_of(inputs)
+    runners: dict[str, Callable[[object], object]] = {}
+    for name in hosts:
+        runners[f"request {name}"] = lambda _, m=requests[name]: m(*inputs)
+        runners[f"rows {name}"] = lambda _, m=rows_models[name]: m(*row_inputs)
+    medians = interleaved_latency(runners, None, args.repeats, args.warmup)  # type: ignore[arg-type]
+    out = []
+    for name, host in hosts.items():
+        with torch.inference_mode():
+            parity = (requests[name](*inputs) - rows_models[name](*row_inputs)).abs().max().item()
+        flops = fusion_flops(host, spec, rows=args.candidates, candidates=args.candidates)
+        for form in ("request", "rows"):
+            out.append({"form": form, "candidates": args.candidates, "fusion": name, "ms": medians[f"{form} {name}"] * 1e3,
+                        "vs_concat": medians[f"{form} {name}"] / medians[f"{form} concat"],
+                        "vs_rows_form": medians[f"{form} {name}"] / medians[f"rows {name}"],
+                        "fusion_flops_per_sample": flops["fusion_request" if form == "request" else "fusion_row"],
+                        "model_flops_per_sample": flops["model_request" if form == "request" else "model_row"],
+                        "max_abs_diff_vs_rows": parity})
+    return out
+
+
 def train_one(args: argparse.Namespace, spec: FeatureSpec, variant_name: str) -> dict[str, float]:
     """Training samples/s and peak RSS of one variant (run in its own process)."""
     variant = {v.name: v for v in variants(args.sampling_steps)}[variant_name]
@@ -161,6 +225,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--candidates", type=int, default=512, help="candidates of the request-form table")
+    parser.add_argument("--skip-request", action="store_true", help="skip the request-form table")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model and data, few repeats: checks that the harness runs (CI)")
@@ -168,7 +234,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.sampling_steps = [1, 8], [1, 2]
-        args.repeats, args.warmup, args.train_batch, args.train_steps = 3, 1, 8, 3
+        args.repeats, args.warmup, args.train_batch, args.train_steps, args.candidates = 3, 1, 8, 3, 16
     return args
 
 
@@ -188,6 +254,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     print("|---|---|---|---|---|")
     for row in inference:
         print(f"| {row['mode']} | {row['batch']} | {row['fusion']} | {row['ms']:.3f} | {row['vs_concat']:.3f} |")
+    request: list[dict[str, object]] = []
+    if not args.skip_request:
+        request = request_table(args, spec)
+        print(f"\nRequest form: 1 user x {args.candidates} candidates, against the row form of the same request "
+              f"(the user repeated per candidate), median of {args.repeats} interleaved repeats:\n")
+        print("| form | fusion | ms / request | vs concat (same form) | vs rows form | fusion FLOPs / sample | model FLOPs / sample | max abs diff vs rows |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in request:
+            print(f"| {row['form']} | {row['fusion']} | {row['ms']:.3f} | {row['vs_concat']:.3f} | {row['vs_rows_form']:.3f} | "
+                  f"{row['fusion_flops_per_sample']:,.0f} | {row['model_flops_per_sample']:,.0f} | {row['max_abs_diff_vs_rows']:.1e} |")
     training: list[dict[str, object]] = []
     if not args.skip_training:
         training = training_table(args)
@@ -198,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"| {row['fusion']} | {row['samples_per_s']:,.0f} | {row['time_vs_concat']:.3f} | {row['peak_rss_gib']:.2f} |")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"host": args.host, "inference": inference, "training": training}, handle, indent=2)
+            json.dump({"host": args.host, "inference": inference, "request": request, "training": training}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ the ``.onnx`` file needs onnxruntime.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .batch import FIRST_ID, CTRBatch, FeatureSpec
 
-__all__ = ["ServingModel", "example_inputs", "export_program", "export_onnx", "input_names", "load_program", "optional_input_names", "dynamic_shapes"]
+__all__ = ["ServingModel", "RequestServingModel", "request_input_names", "example_inputs", "export_program", "export_onnx", "input_names", "load_program", "load_onnx", "optional_input_names", "dynamic_shapes"]
 
 #: Inputs of every serving model, in call order; ``context`` follows when the spec has context
 #: columns, then ``session_behaviors`` when it has behaviour types.
@@ -149,15 +150,127 @@ class ServingModel(nn.Module):
         return example_inputs(self.spec, batch_size, seed)
 
 
-def dynamic_shapes(model: ServingModel) -> dict[str, object]:
-    """Dynamic batch dimension of every input, keyed as ``forward``'s parameters (the optional
-    inputs are its ``*optional`` tuple)."""
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    shapes: dict[str, object] = {name: {0: batch} for name in BASE_INPUT_NAMES}
-    optional = optional_input_names(model.spec)
-    if optional:  # torch.export rejects the key of an empty *optional
-        shapes["optional"] = tuple({0: batch} for _ in optional)
-    return shapes
+    def dynamic_shapes(self) -> dict[str, object]:
+        """Dynamic batch dimension of every input, keyed as ``forward``'s parameters (the
+        optional inputs are its ``*optional`` tuple)."""
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        shapes: dict[str, object] = {name: {0: batch} for name in BASE_INPUT_NAMES}
+        optional = optional_input_names(self.spec)
+        if optional:  # torch.export rejects the key of an empty *optional
+            shapes["optional"] = tuple({0: batch} for _ in optional)
+        return shapes
+
+    @staticmethod
+    def dynamic_size(example: tuple[Tensor, ...]) -> int:
+        """The size of the dynamic dimension in ``example`` (the batch)."""
+        return int(example[0].shape[0])
+
+
+#: Inputs of every request-form model, in call order; ``context`` and ``session_behaviors``
+#: follow as in :data:`BASE_INPUT_NAMES`.
+REQUEST_INPUT_NAMES: tuple[str, ...] = (
+    "user",
+    "long_items",
+    "long_cates",
+    "session_items",
+    "session_cates",
+    "target_item",
+    "target_cate",
+)
+
+
+def request_input_names(spec: FeatureSpec) -> tuple[str, ...]:
+    """The request-form inputs of a model over ``spec``, in call order."""
+    return REQUEST_INPUT_NAMES + optional_input_names(spec)
+
+
+class RequestServingModel(nn.Module):
+    """A host in eval mode scoring one user against C candidates: the request form.
+
+    The user's side (sessions, the fusion layer's session work, the user's sequence where the
+    host allows, the user and context embeddings) is computed once; see
+    :meth:`~ifusion_plugin.hosts.CTRHost.request_logits`. Probabilities equal
+    :class:`ServingModel`'s on the C rows ``(user, candidate)`` up to float rounding.
+
+    Call arguments (long tensors, ids as in :class:`CTRBatch`):
+        user: shape (1,).
+        long_items, long_cates: shape (1, spec.long_len).
+        session_items, session_cates: shape (1, spec.num_sessions, spec.session_len).
+        target_item, target_cate: shape (C,), the candidates.
+        *optional: ``context`` of shape (1, len(spec.context_cardinalities)) and
+            ``session_behaviors`` of shape (1, K, N), as :func:`optional_input_names` says.
+
+    Returns:
+        Click probabilities, float tensor of shape (C,).
+    """
+
+    def __init__(self, host: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.host = host.eval()
+        self.spec = spec
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return request_input_names(self.spec)
+
+    def forward(
+        self,
+        user: Tensor,
+        long_items: Tensor,
+        long_cates: Tensor,
+        session_items: Tensor,
+        session_cates: Tensor,
+        target_item: Tensor,
+        target_cate: Tensor,
+        *optional: Tensor,
+    ) -> Tensor:
+        names = optional_input_names(self.spec)
+        if len(optional) != len(names):
+            raise ValueError(f"expected {len(names)} input(s) after target_cate ({', '.join(names) or 'none'}), got {len(optional)}")
+        extra = dict(zip(names, optional))
+        one_user = CTRBatch(
+            user=user, target_item=user, target_cate=user, long_items=long_items, long_cates=long_cates,
+            session_items=session_items, session_cates=session_cates, label=torch.zeros_like(user),
+            context=extra.get("context"), session_behaviors=extra.get("session_behaviors"),
+        )
+        return torch.sigmoid(self.host.request_logits(one_user, target_item, target_cate).float())
+
+    def example_inputs(self, num_candidates: int = 8, seed: int = 0) -> tuple[Tensor, ...]:
+        """Random inputs: one user (with padding in the sequences) and ``num_candidates`` candidates."""
+        rows = dict(zip(input_names(self.spec), example_inputs(self.spec, max(num_candidates, 1), seed)))
+        values = {name: value[:1] for name, value in rows.items()}
+        values["target_item"], values["target_cate"] = rows["target_item"][:num_candidates], rows["target_cate"][:num_candidates]
+        return tuple(values[name] for name in self.input_names)
+
+    def rows_of(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The same request as :class:`ServingModel` inputs: the user repeated for every candidate."""
+        values = dict(zip(self.input_names, inputs))
+        count = values["target_item"].shape[0]
+        return tuple(values[name] if name in ("target_item", "target_cate") else values[name].expand(count, *values[name].shape[1:])
+                     for name in input_names(self.spec))
+
+    def dynamic_shapes(self) -> dict[str, object]:
+        """The candidate dimension is dynamic; the user's inputs have batch 1."""
+        candidates = torch.export.Dim("candidates", min=1, max=1 << 20)
+        # {} (no dynamic dimension), not None: the ONNX exporter turns a tuple of None into a list.
+        shapes: dict[str, object] = {name: {} for name in REQUEST_INPUT_NAMES}
+        shapes["target_item"] = shapes["target_cate"] = {0: candidates}
+        if optional_input_names(self.spec):
+            shapes["optional"] = tuple({} for _ in optional_input_names(self.spec))
+        return shapes
+
+    @staticmethod
+    def dynamic_size(example: tuple[Tensor, ...]) -> int:
+        """The number of candidates in ``example``."""
+        return int(example[REQUEST_INPUT_NAMES.index("target_item")].shape[0])
+
+
+Servable = Union[ServingModel, RequestServingModel]
+
+
+def dynamic_shapes(model: Servable) -> dict[str, object]:
+    """The dynamic dimensions of ``model``'s inputs (the batch, or the candidates)."""
+    return model.dynamic_shapes()
 
 
 def _partial(path: str) -> str:
@@ -173,23 +286,23 @@ def _check_target(path: str, overwrite: bool) -> None:
 
 
 def export_program(
-    model: ServingModel, path: str, example: Optional[tuple[Tensor, ...]] = None, *, overwrite: bool = False
+    model: Servable, path: str, example: Optional[tuple[Tensor, ...]] = None, *, overwrite: bool = False
 ) -> torch.export.ExportedProgram:
     """``torch.export`` ``model`` with a dynamic batch dimension and save it to ``path`` (``.pt2``).
 
     Args:
         model: the serving model.
         path: output file; an existing file is kept unless ``overwrite``.
-        example: example inputs (default: ``model.example_inputs()``); their batch size must be
-            at least 2 so that the batch dimension stays symbolic.
+        example: example inputs (default: ``model.example_inputs()``); their batch (or number of
+            candidates) must be at least 2 so that the dimension stays symbolic.
 
     Returns:
         The exported program (``.module()`` runs it).
     """
     _check_target(path, overwrite)
     example = model.example_inputs() if example is None else example
-    if example[0].shape[0] < 2:
-        raise ValueError(f"example batch size must be at least 2 to export a dynamic batch, got {example[0].shape[0]}")
+    if model.dynamic_size(example) < 2:
+        raise ValueError(f"example batch size must be at least 2 to export a dynamic batch, got {model.dynamic_size(example)}")
     with torch.no_grad():
         program = torch.export.export(model, example, dynamic_shapes=dynamic_shapes(model))
     # Written next to the target, then renamed: a failed save never leaves a truncated file.
@@ -204,8 +317,22 @@ def load_program(path: str) -> nn.Module:
     return torch.export.load(path).module()
 
 
+def load_onnx(path: str) -> Callable[..., Tensor]:
+    """A saved ``.onnx`` model as a callable ``(ids...) -> probabilities`` on onnxruntime's CPU
+    provider (tensors in, tensor out). Needs onnxruntime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, inputs)})[0])
+
+    return run
+
+
 def export_onnx(
-    model: ServingModel, path: str, example: Optional[tuple[Tensor, ...]] = None, *, overwrite: bool = False
+    model: Servable, path: str, example: Optional[tuple[Tensor, ...]] = None, *, overwrite: bool = False
 ) -> None:
     """Export ``model`` to ONNX at ``path`` through torch's dynamo exporter (dynamic batch).
 

@@ -135,7 +135,9 @@ def test_export_command_from_checkpoint(checkpoint, in_tmp, capsys, monkeypatch)
     assert cli_run(["export", "--ckpt", checkpoint, "--out_dir", str(out)]) == 0
     manifest = json.loads((out / "serving.json").read_text())
     assert manifest["host"] == "TWIN" and manifest["fusion"] == "InterestFusion"
-    assert set(manifest["parity_max_abs_diff"]) == {"pt2", "onnx"}
+    assert set(manifest["parity_max_abs_diff"]) == {"pt2", "onnx", "request.pt2", "request.onnx"}
+    assert manifest["request_vs_rows_max_abs_diff"] <= 1e-5
+    assert [i["shape"][0] for i in manifest["request_inputs"]][:6] == [1, 1, 1, 1, 1, "C"]
     assert max(manifest["parity_max_abs_diff"].values()) <= 1e-5
     assert [i["name"] for i in manifest["inputs"]][:2] == ["user", "target_item"]
     assert manifest["inputs"][3]["shape"] == ["B", manifest["feature_spec"]["long_len"]]
@@ -164,11 +166,16 @@ def test_export_command_from_checkpoint(checkpoint, in_tmp, capsys, monkeypatch)
     assert export_main(["--ckpt", checkpoint, "--out_dir", str(fresh), "--format", "pt2"]) == 1
     assert sorted(os.listdir(fresh)) == ["serving.rejected.json"]
     record = json.loads((fresh / "serving.rejected.json").read_text())
-    assert record["passed"] is False and record["tolerance"] == 1e-5 and record["parity_max_abs_diff"] == {"pt2": 3e-3}
+    assert record["passed"] is False and record["tolerance"] == 1e-5
+    assert record["parity_max_abs_diff"] == {"pt2": 3e-3, "request.pt2": 3e-3}
     # ...and a previous passing export in the same directory stays as it was.
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def files(directory: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+    before = files(out)
+    assert "vocab/vocabularies.json" in before  # the run's config.yaml gave the vocabularies
     assert export_main(["--ckpt", checkpoint, "--out_dir", str(out), "--format", "pt2", "--overwrite"]) == 1
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "serving.rejected.json"} == before
+    assert {name: data for name, data in files(out).items() if name != "serving.rejected.json"} == before
 
 
 def test_export_command_missing_checkpoint(tmp_path) -> None:

@@ -28,6 +28,7 @@ from .datamodule import (
     check_negative_sampling,
 )
 from .logs import iter_literal_lines, read_json_lines
+from .vocabulary import Vocabulary
 
 __all__ = ["AmazonReviewsDataModule", "item_category"]
 
@@ -143,11 +144,23 @@ class AmazonReviewsDataModule(CTRDataModule):
         cate_of = {item: category_id[name] for item, name in category_of_item.items()}
         order_users, seqs, times = _sequences_from_log(users.astype(np.int64), items.astype(np.int64),
                                                        reviews["unixReviewTime"].to_numpy())
-        splits, spec = build_ctr_samples(order_users, seqs, cate_of, self.sequence_options, seed=self.seed, times=times,
-                                         train_per_user=self.train_per_user, min_train_position=self.min_train_position,
-                                         negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
-        # The protocol works on int codes; predictions carry the dump's own string ids.
+        splits, spec, vocabularies = build_ctr_samples(
+            order_users, seqs, cate_of, self.sequence_options, seed=self.seed, times=times,
+            train_per_user=self.train_per_user, min_train_position=self.min_train_position,
+            negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
+        # The protocol works on int codes; predictions and the vocabularies carry the dump's own
+        # string ids (and category names).
         for columns in splits.values():
             columns["user_id"] = pa.array(user_names[columns["user_id"]])
             columns["item_id"] = pa.array(item_names[columns["item_id"]])
-        return splits, spec
+        category_names = np.array(sorted(category_id, key=category_id.get), dtype=object)
+        vocabularies.users = Vocabulary.from_keys(pa.array(user_names[vocabularies.users.keys.to_numpy()]))
+        vocabularies.items = Vocabulary.from_keys(pa.array(item_names[vocabularies.items.keys.to_numpy()]))
+        vocabularies.item_categories = pa.table({
+            "item": pa.array(item_names[list(category_of_item)], pa.string()),
+            "cate": pa.array(list(category_of_item.values()), pa.string()),
+        })
+        if vocabularies.cates is not None:
+            vocabularies.cates = Vocabulary.from_keys(
+                pa.array(category_names[vocabularies.cates.keys.to_numpy() - 1].astype(str), pa.string()))
+        return splits, spec, vocabularies

@@ -3,6 +3,7 @@
 Layout: ``cache_dir/<source>-<key>/`` holding ``train/``, ``valid/``, ``test/``
 (``Dataset.save_to_disk``, the sample columns a batch is built from), ``raw_ids/<split>.parquet``
 (the raw ``user_id``/``item_id`` of each sample, in the split's row order, when the source gave
+them), ``vocab/`` (the :class:`~ifusion_plugin.data.vocabulary.Vocabularies`, when the source gave
 them), ``meta.json`` (the FeatureSpec and the options) and ``COMPLETE``.
 Only a directory with the ``COMPLETE`` marker is trusted; a build is written into a temporary
 directory inside ``cache_dir`` and renamed into place, so a crash never leaves a trusted
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, Features, Sequence as HFSequence, Value, load_from_disk
 
 from ..batch import FeatureSpec
+from .vocabulary import Vocabularies
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,14 +37,17 @@ __all__ = [
     "load_or_build",
     "load_raw_ids",
     "raw_ids_path",
+    "vocabularies_path",
     "SplitArrays",
 ]
 
 #: 2: per-sample raw ids under ``raw_ids/`` (caches of version 1 have none and are rebuilt).
-FORMAT_VERSION = 2
+#: 3: the vocabularies under ``vocab/``.
+FORMAT_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 SPLITS = ("train", "valid", "test")
 RAW_IDS_DIR = "raw_ids"
+VOCAB_DIR = "vocab"
 
 #: Optional columns of a built split holding each sample's user and item id as the source data
 #: spells them (ints or strings, OOV items included). They are stored apart from the sample
@@ -137,6 +142,23 @@ def _split_raw_ids(split: str, columns: Mapping[str, object]) -> Optional[pa.Tab
     return pa.table(arrays)
 
 
+def vocabularies_path(cache_path: str) -> str:
+    """The directory of the vocabularies inside the cache directory ``cache_path``."""
+    return os.path.join(cache_path, VOCAB_DIR)
+
+
+def _check_sizes(vocabularies: Vocabularies, spec: FeatureSpec) -> None:
+    """A build's vocabularies must index the spaces its FeatureSpec declares."""
+    sizes = {"num_users": len(vocabularies.users), "num_items": len(vocabularies.items),
+             "num_cates": len(vocabularies.cates) if vocabularies.cates is not None else spec.num_cates,
+             "num_behaviors": len(vocabularies.behaviors) if vocabularies.behaviors is not None else spec.num_behaviors,
+             "context_cardinalities": tuple(len(v) for v in vocabularies.context.values())}
+    wrong = {name: (getattr(spec, name), size) for name, size in sizes.items() if getattr(spec, name) != size}
+    if wrong:
+        raise ValueError("the build's vocabularies do not match its FeatureSpec (spec, vocabularies): "
+                         + ", ".join(f"{name} {a} vs {b}" for name, (a, b) in wrong.items()))
+
+
 def load_raw_ids(cache_path: str, split: str) -> Optional[pa.Table]:
     """The raw ids of ``split`` stored in the complete cache directory ``cache_path``.
 
@@ -151,7 +173,7 @@ def load_raw_ids(cache_path: str, split: str) -> Optional[pa.Table]:
 def load_or_build(
     cache_dir: str,
     key: str,
-    build: Callable[[], tuple[SplitArrays, FeatureSpec]],
+    build: Callable[[], "tuple[SplitArrays, FeatureSpec] | tuple[SplitArrays, FeatureSpec, Optional[Vocabularies]]"],
     options: Mapping[str, object],
 ) -> tuple[dict[str, Dataset], FeatureSpec, bool]:
     """Load the cache ``cache_dir/key`` or build and store it atomically.
@@ -159,7 +181,9 @@ def load_or_build(
     Args:
         build: returns per split the sample columns (:data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`
             and ``context``, first dimension ``S``) and optionally the :data:`RAW_ID_COLUMNS`
-            (shape ``(S,)``, for every split or none), and the FeatureSpec.
+            (shape ``(S,)``, for every split or none), the FeatureSpec, and optionally the
+            :class:`~ifusion_plugin.data.vocabulary.Vocabularies` (a third element; stored
+            under ``vocab/``, read back with :func:`vocabularies_path`).
 
     Returns:
         (datasets per split, memory-mapped, ``numpy`` format, without the raw-id columns: read
@@ -168,7 +192,9 @@ def load_or_build(
     final = os.path.join(cache_dir, key)
     hit = os.path.exists(os.path.join(final, COMPLETE_MARKER))
     if not hit:
-        splits, spec = build()
+        built = build()
+        splits, spec = built[0], built[1]
+        vocabularies = built[2] if len(built) > 2 else None
         os.makedirs(cache_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
         try:
@@ -183,8 +209,11 @@ def load_or_build(
                 if table is not None:
                     os.makedirs(os.path.join(tmp, RAW_IDS_DIR), exist_ok=True)
                     pq.write_table(table, raw_ids_path(tmp, split))
+            if vocabularies is not None:
+                _check_sizes(vocabularies, spec)
+                vocabularies.save(vocabularies_path(tmp))
             meta = {"feature_spec": asdict(spec), "options": options, "format": FORMAT_VERSION,
-                    "raw_ids": raw_ids["train"] is not None}
+                    "raw_ids": raw_ids["train"] is not None, "vocabularies": vocabularies is not None}
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
                 json.dump(meta, f, default=str, indent=1)
             with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:

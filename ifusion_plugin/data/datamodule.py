@@ -34,8 +34,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, CTRBatch, FeatureSpec
-from .cache import RAW_ID_COLUMNS, SPLITS, SplitArrays, cache_key, load_or_build, load_raw_ids, raw_ids_path
+from .cache import RAW_ID_COLUMNS, SPLITS, SplitArrays, cache_key, load_or_build, load_raw_ids, raw_ids_path, vocabularies_path
+from .requests import RequestFeatures
 from .sequences import SequenceOptions, split_history
+from .vocabulary import Vocabularies, Vocabulary
 
 __all__ = ["CTRDataModule", "SyntheticDataModule", "MovieLens1MDataModule", "AmazonGroceryDataModule", "TaobaoDataModule", "AmazonBooksDIENDataModule", "build_ctr_samples"]
 
@@ -243,7 +245,10 @@ def build_ctr_samples(
     Returns:
         per split a dict of SAMPLE_COLUMNS arrays (``(S,)``, ``(S, L)``, ``(S, K, N)``, plus
         ``session_behaviors`` with ``behaviors``) plus the raw ``user_id`` and ``item_id`` of
-        each sample (int64, ``(S,)``; the negative's own raw id on negative rows), and the spec.
+        each sample (int64, ``(S,)``; the negative's own raw id on negative rows), the spec, and
+        the :class:`~ifusion_plugin.data.vocabulary.Vocabularies` of users, items (with their
+        category through ``cate_of``) and categories; a caller whose behaviour ids have raw
+        names sets ``behaviors`` on it.
     """
     check_negative_sampling(negative_sampling)
     if not isinstance(test_per_user, int) or isinstance(test_per_user, bool) or test_per_user < 1:
@@ -344,7 +349,15 @@ def build_ctr_samples(
         session_len=options.session_len,
         num_behaviors=num_behaviors if behaviors is not None else 0,
     )
-    return out, spec
+    vocabularies = Vocabularies(
+        users=Vocabulary.from_keys(user_keys),
+        items=Vocabulary.from_keys(item_keys),
+        cates=Vocabulary.from_keys(cate_keys),
+        # Behaviour ids arrive encoded; identity keys until the caller names them.
+        behaviors=None if behaviors is None else Vocabulary.from_keys(np.arange(FIRST_ID, num_behaviors, dtype=np.int64)),
+        item_categories=pa.table({"item": pa.array(list(cate_of), pa.int64()), "cate": pa.array(list(cate_of.values()), pa.int64())}),
+    )
+    return out, spec, vocabularies
 
 
 class CTRDataModule(L.LightningDataModule):
@@ -505,6 +518,31 @@ class CTRDataModule(L.LightningDataModule):
                 f"{list(RAW_ID_COLUMNS)} to every split"
             )
         return {name: table.column(name).to_numpy() for name in RAW_ID_COLUMNS}
+
+    @property
+    def has_vocabularies(self) -> bool:
+        """Whether the cache holds the vocabularies, i.e. :meth:`vocabularies` works (builds or loads it)."""
+        self._ensure()
+        assert self.cache_path is not None
+        return os.path.isdir(vocabularies_path(self.cache_path))
+
+    def vocabularies(self) -> Vocabularies:
+        """The raw-id vocabularies the samples were encoded with (what a server needs to encode
+        the ids its requests spell; ``cli export`` writes them beside the programs).
+
+        Raises:
+            LookupError: this datamodule's ``_build`` returned no vocabularies.
+        """
+        if not self.has_vocabularies:
+            raise LookupError(f"{type(self).__name__} stored no vocabularies in {self.cache_path}: its _build must "
+                              "return (splits, spec, vocabularies)")
+        assert self.cache_path is not None
+        return Vocabularies.load(vocabularies_path(self.cache_path))
+
+    def request_features(self) -> RequestFeatures:
+        """How a raw history becomes model inputs here (sequence options, behaviour filters,
+        context columns): what a server must repeat. Subclasses with filters or context extend it."""
+        return RequestFeatures(sequence=self.sequence_options)
 
     def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         ds = self.split(name)
@@ -677,7 +715,15 @@ class SyntheticDataModule(CTRDataModule):
         spec = FeatureSpec(num_users=g["num_users"] + FIRST_ID, num_items=g["num_items"] + FIRST_ID,
                            num_cates=C + FIRST_ID, long_len=opts.long_len, num_sessions=opts.num_sessions,
                            session_len=opts.session_len)
-        return out, spec
+        # The generator's ids are the raw ids (encoded = raw + FIRST_ID); item i is of category i % C.
+        vocabularies = Vocabularies(
+            users=Vocabulary.from_keys(np.arange(g["num_users"], dtype=np.int64)),
+            items=Vocabulary.from_keys(np.arange(g["num_items"], dtype=np.int64)),
+            cates=Vocabulary.from_keys(np.arange(C, dtype=np.int64)),
+            item_categories=pa.table({"item": np.arange(g["num_items"], dtype=np.int64),
+                                      "cate": np.arange(g["num_items"], dtype=np.int64) % C}),
+        )
+        return out, spec, vocabularies
 
 
 def _popularity_negatives(rng: np.random.Generator, hist_items: np.ndarray, pos_item: np.ndarray) -> np.ndarray:
@@ -984,6 +1030,10 @@ class TaobaoDataModule(CTRDataModule):
                 "min_train_position": self.min_train_position, "negative_sampling": self.negative_sampling,
                 "test_per_user": self.test_per_user}
 
+    def request_features(self) -> RequestFeatures:
+        return RequestFeatures(sequence=self.sequence_options, long_behaviors=self.long_behaviors,
+                               session_behaviors=self.session_behaviors)
+
     def _build(self):
         (path,) = self._raw_files()
         wanted = set(self.positive_behaviors) | set(self.long_behaviors) | set(self.session_behaviors)
@@ -1009,7 +1059,7 @@ class TaobaoDataModule(CTRDataModule):
         parts = np.split(grouped, starts[1:]) if len(grouped) else []
         users, times = users.tolist(), [part[:, 3] for part in parts]
         cate_of = {int(i): int(c) for i, c in zip(arr[:, 1], arr[:, 2])}
-        return build_ctr_samples(
+        splits, spec, vocabularies = build_ctr_samples(
             users, [part[:, 1] for part in parts], cate_of, self.sequence_options, seed=self.seed,
             train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times,
             negative_sampling=self.negative_sampling, test_per_user=self.test_per_user,
@@ -1017,6 +1067,8 @@ class TaobaoDataModule(CTRDataModule):
             positive=[part[:, 5].astype(bool) for part in parts], in_long=[part[:, 6].astype(bool) for part in parts],
             in_sessions=[part[:, 7].astype(bool) for part in parts],
         )
+        vocabularies.behaviors = Vocabulary.from_keys(pa.array(list(self.session_behaviors), pa.string()))
+        return splits, spec, vocabularies
 
 
 class AmazonBooksDIENDataModule(CTRDataModule):
@@ -1128,4 +1180,21 @@ class AmazonBooksDIENDataModule(CTRDataModule):
             out[split].update({k: pa.array(v, pa.string()) for k, v in raw_ids.items()})
         spec = FeatureSpec(num_users=max(uv.values(), default=1) + 1, num_items=max(iv.values(), default=1) + 1,
                            num_cates=max(cv.values(), default=1) + 1, **{k: self.sequence_options.as_key()[k] for k in ("long_len", "num_sessions", "session_len")})
-        return out, spec
+        pairs = [(r[2], r[3]) for r in train] + [(i, c) for r in train for i, c in zip(r[4], r[5])]
+        vocabularies = Vocabularies(
+            users=_keys_by_index(uv, spec.num_users),
+            items=_keys_by_index(iv, spec.num_items),
+            cates=_keys_by_index(cv, spec.num_cates),
+            item_categories=Vocabularies.catalogue(pa.array([i for i, _ in pairs], pa.string()),
+                                                   pa.array([c for _, c in pairs], pa.string())),
+        )
+        return out, spec, vocabularies
+
+
+def _keys_by_index(index_of: dict[str, int], size: int) -> Vocabulary:
+    """The vocabulary of a ``raw -> index`` map whose indices start at ``FIRST_ID`` (a DIEN
+    pickle's, shifted); an index no raw id holds gets a placeholder key no data spells."""
+    keys = [f"\x00unused-{index}" for index in range(FIRST_ID, size)]
+    for raw, index in index_of.items():
+        keys[index - FIRST_ID] = raw
+    return Vocabulary.from_keys(pa.array(keys, pa.string()))

@@ -30,9 +30,9 @@ columns give every item the category ``OOV_ID``.
 
 from __future__ import annotations
 
+import csv
 import os
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from ..batch import FIRST_ID, OOV_ID, PAD_ID
 from .logs import OnBadLine, read_delimited
 from .sequences import SequenceOptions, split_history
+from .vocabulary import Vocabularies, Vocabulary
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -51,6 +52,7 @@ __all__ = [
     "TableVocabularies",
     "find_split_files",
     "split_files",
+    "column_names",
     "read_split_tables",
     "validate_table",
     "build_vocabularies",
@@ -64,59 +66,8 @@ _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validatio
 _ENDINGS = (".parquet", ".csv")
 
 
-class Vocabulary:
-    """Maps raw ids (ints or strings) to contiguous indices: 0 padding, 1 OOV, known ids from 2.
-
-    Args:
-        values: the raw ids seen in train, in any order, duplicates allowed.
-    """
-
-    def __init__(self, values: Iterable[object]) -> None:
-        known = pa.array(list(values)) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
-        unique = pc.unique(known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known)
-        unique = unique.filter(pc.is_valid(unique))
-        # Sorted so the mapping does not depend on row order.
-        self._keys = pc.take(unique, pc.sort_indices(unique))
-
-    def __len__(self) -> int:
-        """Size of the index space, padding and OOV included."""
-        return len(self._keys) + FIRST_ID
-
-    @property
-    def keys(self) -> pa.Array:
-        """The known raw ids; ``keys[i]`` has index ``i + 2``."""
-        return self._keys
-
-    def encode(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Indices of ``values`` (int64 array of the same length); unseen or null ids give ``OOV_ID``."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        if len(self._keys) and values.type != self._keys.type:
-            try:
-                values = values.cast(self._keys.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                values = values.cast(pa.string())
-                keys = self._keys.cast(pa.string())
-                positions = pc.index_in(values, value_set=keys)
-                return _positions_to_ids(positions)
-        positions = pc.index_in(values, value_set=self._keys)
-        return _positions_to_ids(positions)
-
-
-def _positions_to_ids(positions: pa.Array) -> np.ndarray:
-    filled = pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.where(filled >= 0, filled + FIRST_ID, OOV_ID)
-
-
-@dataclass
-class TableVocabularies:
-    """The vocabularies of one table dataset, built from its train split."""
-
-    users: Vocabulary
-    items: Vocabulary
-    cates: Optional[Vocabulary]
-    context: dict[str, Vocabulary]
-    behaviors: Optional[Vocabulary] = None
+#: The vocabularies of a table dataset (the name this module gave them before they were shared).
+TableVocabularies = Vocabularies
 
 
 def split_files(path: str) -> list[str]:
@@ -208,6 +159,14 @@ def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error")
     return table
 
 
+def column_names(path: str) -> list[str]:
+    """The column names of one split file (a Parquet schema or a CSV header), without reading rows."""
+    if path.endswith(".parquet"):
+        return list(pq.read_schema(path).names)
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
 def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLine = "error") -> dict[str, pa.Table]:
     """Read the three splits of a table dataset, validated.
 
@@ -249,15 +208,17 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
     return tables
 
 
-def validate_table(table: pa.Table, source: str) -> None:
+def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> None:
     """Check a table against the format; raise ``ValueError`` naming the file, column and row.
 
-    Empty histories are allowed (the zero-data case).
+    Empty histories are allowed (the zero-data case). ``labelled=False`` checks serving requests,
+    which have no ``label``.
     """
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    required = [name for name in REQUIRED_COLUMNS if labelled or name != "label"]
+    missing = [name for name in required if name not in table.column_names]
     if missing:
         raise ValueError(
-            f"{source}: missing required column(s) {missing}; required {list(REQUIRED_COLUMNS)}, "
+            f"{source}: missing required column(s) {missing}; required {required}, "
             f"found {table.column_names}"
         )
     for name in ("user_id", "item_id"):
@@ -267,7 +228,8 @@ def validate_table(table: pa.Table, source: str) -> None:
         if column.null_count:
             row = _first_row(pc.is_null(column))
             raise ValueError(f"{source}: column {name!r} has a missing value at row {row}")
-    _validate_labels(table["label"], source)
+    if "label" in table.column_names:
+        _validate_labels(table["label"], source)
     for name in LIST_COLUMNS:
         if name not in table.column_names:
             continue
@@ -318,18 +280,22 @@ def build_vocabularies(train: pa.Table, context_columns: Sequence[str] = ()) -> 
     items = pa.chunked_array(
         [train["item_id"].combine_chunks(), pc.list_flatten(train["item_history"]).cast(train["item_id"].type)]
     )
-    cates = None
+    cates = catalogue = None
     if "cate_id" in train.column_names:
         parts = [train["cate_id"].combine_chunks()]
+        paired_items = [train["item_id"].combine_chunks()]
         if "cate_history" in train.column_names:
             parts.append(pc.list_flatten(train["cate_history"]).cast(train["cate_id"].type))
+            paired_items.append(pc.list_flatten(train["item_history"]).cast(train["item_id"].type))
         cates = Vocabulary(pa.chunked_array(parts))
-    return TableVocabularies(
+        catalogue = Vocabularies.catalogue(pa.chunked_array(paired_items), pa.chunked_array(parts))
+    return Vocabularies(
         users=Vocabulary(train["user_id"]),
         items=Vocabulary(items),
         cates=cates,
         context={name: Vocabulary(train[name]) for name in context_columns},
         behaviors=Vocabulary(pc.list_flatten(train["behavior_history"])) if "behavior_history" in train.column_names else None,
+        item_categories=catalogue,
     )
 
 
@@ -416,7 +382,9 @@ def encode_table(
         "long_cates": long_cates,
         "session_items": session_items,
         "session_cates": session_cates,
-        "label": table["label"].cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32),
+        # Requests at serving have no label.
+        "label": (table["label"].cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
+                  if "label" in table.column_names else np.zeros(rows, dtype=np.float32)),
     }
     if context_columns:
         columns["context"] = np.stack([vocabularies.context[name].encode(table[name]) for name in context_columns], axis=1)

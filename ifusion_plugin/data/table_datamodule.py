@@ -20,10 +20,12 @@ import pyarrow.compute as pc
 from ..batch import FIRST_ID, FeatureSpec
 from .cache import RAW_ID_COLUMNS, SplitArrays
 from .datamodule import CTRDataModule
+from .requests import RequestFeatures
 from .table import (
     TableVocabularies,
     Vocabulary,
     build_vocabularies,
+    column_names,
     encode_table,
     find_split_files,
     read_split_tables,
@@ -142,7 +144,7 @@ class TableDataModule(CTRDataModule):
             "on_bad_line": self.on_bad_line,
         }
 
-    def _build(self) -> tuple[SplitArrays, FeatureSpec]:
+    def _build(self) -> tuple[SplitArrays, FeatureSpec, TableVocabularies]:
         tables = read_split_tables(self.root, self.list_separator, self.on_bad_line)
         for name in self.context_columns:
             for split, table in tables.items():
@@ -170,7 +172,19 @@ class TableDataModule(CTRDataModule):
             num_sessions=options.num_sessions,
             session_len=options.session_len,
         )
-        return splits, spec
+        return splits, spec, vocabularies
+
+    def request_features(self) -> RequestFeatures:
+        """The table's history options, context columns and behaviour filters; history categories
+        where the train split has a ``cate_history`` column."""
+        train = split_files(find_split_files(self.root)["train"])[0]
+        return RequestFeatures(
+            sequence=self.sequence_options,
+            context_columns=tuple(self.context_columns),
+            long_behaviors=None if self.long_behaviors is None else tuple(self.long_behaviors),
+            session_behaviors=None if self.session_behaviors is None else tuple(self.session_behaviors),
+            history_categories="cate_history" in column_names(train),
+        )
 
     # --- encoded ids -----------------------------------------------------------------------
     def _meta_path(self) -> Optional[str]:

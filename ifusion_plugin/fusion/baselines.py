@@ -109,6 +109,20 @@ class ConcatFusion(FusionLayer):
         joined = torch.cat([_zero_missing_long(h_long, long_mask), pooled], dim=-1)
         return FusionOutput(fused=joined if self.projection is None else self.projection(joined))
 
+    def prepare_sessions(self, h_sessions: Tensor, session_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        pooled = masked_mean(h_sessions, _session_mask_or_all(h_sessions, session_mask))
+        if self.projection is None:
+            return {"pooled": pooled}
+        # The projection of [h_long, pooled] is W_L h_long + (W_S pooled + b): the second term once.
+        w_session = self.projection.weight[:, self.long_dim :]
+        return {"session_term": nn.functional.linear(pooled, w_session, self.projection.bias)}
+
+    def fuse_prepared(self, h_long: Tensor, prepared: dict[str, Tensor], long_mask: Optional[Tensor] = None) -> Tensor:
+        h_long = _zero_missing_long(h_long, long_mask)
+        if self.projection is None:
+            return torch.cat([h_long, prepared["pooled"].expand(h_long.shape[0], -1)], dim=-1)
+        return nn.functional.linear(h_long, self.projection.weight[:, : self.long_dim]) + prepared["session_term"]
+
 
 class GateFusion(FusionLayer):
     """Gated sum: ``g * P_L(h_long) + (1 - g) * P_S(pooled)``, ``g = sigmoid(W [P_L, P_S])``.
@@ -149,6 +163,17 @@ class GateFusion(FusionLayer):
         short_part = self.session_projection(pooled)
         gate = torch.sigmoid(self.gate(torch.cat([long_part, short_part], dim=-1)))
         return FusionOutput(fused=gate * long_part + (1.0 - gate) * short_part)
+
+    def prepare_sessions(self, h_sessions: Tensor, session_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        short_part = self.session_projection(masked_mean(h_sessions, _session_mask_or_all(h_sessions, session_mask)))
+        # The gate's input [P_L, P_S] splits as for ConcatFusion: its P_S term once.
+        gate_term = nn.functional.linear(short_part, self.gate.weight[:, self.fusion_dim :], self.gate.bias)
+        return {"short_part": short_part, "gate_term": gate_term}
+
+    def fuse_prepared(self, h_long: Tensor, prepared: dict[str, Tensor], long_mask: Optional[Tensor] = None) -> Tensor:
+        long_part = self.long_projection(_zero_missing_long(h_long, long_mask))
+        gate = torch.sigmoid(nn.functional.linear(long_part, self.gate.weight[:, : self.fusion_dim]) + prepared["gate_term"])
+        return gate * long_part + (1.0 - gate) * prepared["short_part"]
 
 
 class AttentionFusion(FusionLayer):

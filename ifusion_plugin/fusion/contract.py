@@ -166,6 +166,42 @@ class FusionLayer(nn.Module):
     ) -> FusionOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ request form
+    # Serving scores one user against C candidates. What depends on the sessions alone is
+    # computed once (prepare_sessions, batch 1) and shared by every candidate (fuse_prepared);
+    # the defaults below share nothing and are exact for any layer; layers override them to
+    # move work out of the per-candidate path. Eval mode only.
+
+    def prepare_sessions(self, h_sessions: Tensor, session_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """The candidate-independent work on one user's sessions (eval mode).
+
+        Args:
+            h_sessions: tensor of shape ``(1, K, session_dim)``.
+            session_mask: optional bool tensor of shape ``(1, K)``.
+
+        Returns:
+            Named tensors with batch dimension 1, for :meth:`fuse_prepared`.
+        """
+        if session_mask is None:
+            session_mask = torch.ones(h_sessions.shape[:2], dtype=torch.bool, device=h_sessions.device)
+        return {"h_sessions": h_sessions, "session_mask": session_mask}
+
+    def fuse_prepared(self, h_long: Tensor, prepared: dict[str, Tensor], long_mask: Optional[Tensor] = None) -> Tensor:
+        """``fused`` for C candidates of the user whose sessions :meth:`prepare_sessions` prepared.
+
+        Args:
+            h_long: tensor of shape ``(C, long_dim)`` (it may depend on the candidate).
+            prepared: what :meth:`prepare_sessions` returned.
+            long_mask: optional bool tensor of shape ``(C,)``.
+
+        Returns:
+            Tensor of shape ``(C, fusion_dim)``, equal to ``forward``'s ``fused`` on the rows
+            ``(h_long[c], sessions)`` in eval mode.
+        """
+        count = h_long.shape[0]
+        h_sessions = prepared["h_sessions"].expand(count, -1, -1)
+        return self.forward(h_long, h_sessions, prepared["session_mask"].expand(count, -1), long_mask).fused
+
     def extra_repr(self) -> str:
         return f"long_dim={self.long_dim}, session_dim={self.session_dim}, fusion_dim={self.fusion_dim}"
 

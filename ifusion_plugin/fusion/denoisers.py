@@ -75,6 +75,15 @@ class Denoiser(nn.Module):
         # Residual from x_t: at small t the input already is almost x_0.
         return x_t + self.out(y)
 
+    def precompute(self, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """The terms that do not depend on ``x_t`` (the request form computes them once per user
+        and serving step): at least the time embedding ``"emb"`` (N, dim)."""
+        return {"emb": self.embed(t, cond)}
+
+    def forward_precomputed(self, x_t: Tensor, terms: dict[str, Tensor], guidance: Tensor, mask: Tensor) -> Tensor:
+        """``forward`` with :meth:`precompute`'s ``terms`` (every tensor with ``x_t``'s batch)."""
+        raise NotImplementedError
+
 
 class _MLPBlock(nn.Module):
     """``y + W_2 GELU(W_y LN(y) + W_g LN(g) + W_e LN(emb))``: a residual MLP over ``[y, g, emb]``.
@@ -162,14 +171,28 @@ class MARN(Denoiser):
         assert prefix is not None
         return out, prefix
 
+    def precompute(self, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> dict[str, Tensor]:
+        terms = super().precompute(t, guidance, mask, cond)
+        if not self.attention:
+            # Every session's guidance and time term: the bulk of the chain's work, none of it x_t's.
+            terms["context"] = self.block.context(terms["emb"], guidance)
+        return terms
+
+    def forward_precomputed(self, x_t: Tensor, terms: dict[str, Tensor], guidance: Tensor, mask: Tensor) -> Tensor:
+        return self._run(x_t, terms["emb"], terms.get("context"), guidance, mask, None)[0]
+
     def _chain(
         self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor], stop: Optional[Tensor]
     ) -> tuple[Tensor, Optional[Tensor]]:
         emb = self.embed(t, cond)
+        return self._run(x_t, emb, None if self.attention else self.block.context(emb, guidance), guidance, mask, stop)
+
+    def _run(
+        self, x_t: Tensor, emb: Tensor, context: Optional[Tensor], guidance: Tensor, mask: Tensor, stop: Optional[Tensor]
+    ) -> tuple[Tensor, Optional[Tensor]]:
         y = x_t
         prefix = x_t if stop is not None else None
         ones = mask.new_ones(mask.shape[0], 1)
-        context = None if self.attention else self.block.context(emb, guidance)
         for k in range(guidance.shape[1]):
             if stop is not None:
                 prefix = torch.where((stop == k).unsqueeze(-1), y, prefix)
@@ -189,9 +212,15 @@ class NARMLP(Denoiser):
         self.block = _MLPBlock(dim, hidden_dim)
 
     def forward(self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        emb = self.embed(t, cond)
-        pooled = masked_mean(guidance, mask).unsqueeze(1)
-        return self.finish(self.block(x_t, self.block.context(emb, pooled)[:, 0]), x_t)
+        return self.forward_precomputed(x_t, self.precompute(t, guidance, mask, cond), guidance, mask)
+
+    def precompute(self, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> dict[str, Tensor]:
+        terms = super().precompute(t, guidance, mask, cond)
+        terms["context"] = self.block.context(terms["emb"], masked_mean(guidance, mask).unsqueeze(1))[:, 0]
+        return terms
+
+    def forward_precomputed(self, x_t: Tensor, terms: dict[str, Tensor], guidance: Tensor, mask: Tensor) -> Tensor:
+        return self.finish(self.block(x_t, terms["context"]), x_t)
 
 
 class NARAttention(Denoiser):
@@ -202,8 +231,10 @@ class NARAttention(Denoiser):
         self.block = _AttentionBlock(dim, hidden_dim, num_heads)
 
     def forward(self, x_t: Tensor, t: Tensor, guidance: Tensor, mask: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        emb = self.embed(t, cond)
-        return self.finish(self.block(x_t, emb, guidance, mask), x_t)
+        return self.forward_precomputed(x_t, self.precompute(t, guidance, mask, cond), guidance, mask)
+
+    def forward_precomputed(self, x_t: Tensor, terms: dict[str, Tensor], guidance: Tensor, mask: Tensor) -> Tensor:
+        return self.finish(self.block(x_t, terms["emb"], guidance, mask), x_t)
 
 
 def build_denoiser(kind: DenoiserKind, dim: int, hidden_dim: int, num_heads: int, long_condition: bool) -> Denoiser:

@@ -313,16 +313,7 @@ class InterestFusion(FusionLayer):
         sessions before ``stop``, read from the same chain (see ``MARN.forward_with_prefix``);
         otherwise None in its place.
         """
-        passes = list(branches)
-        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
-        # eq. 14 rewritten as (1 - sum gamma) f_uncond + sum_j gamma_j f_j: the unconditional
-        # pass is needed only when its weight is not zero.
-        uncond_weight = 1.0 - sum(gammas)
-        use_uncond = (
-            self.guidance != "none" and combination == "inference" and abs(uncond_weight) > _UNCOND_WEIGHT_TOLERANCE
-        )
-        if use_uncond:
-            passes.append(self._null_inputs(0, branches[0][0], branches[0][1]))
+        passes, gammas, use_uncond, uncond_weight = self._passes(branches, combination)
         n, batch = len(passes), x_t.shape[0]
         if n == 1:
             args = (x_t, t, passes[0][0], passes[0][1], cond)
@@ -342,6 +333,22 @@ class InterestFusion(FusionLayer):
             self._combine(stacked, n, batch, gammas, combination, use_uncond, uncond_weight),
             self._combine(prefix, n, batch, gammas, combination, use_uncond, uncond_weight),
         )
+
+    def _passes(
+        self, branches: list[tuple[Tensor, Tensor]], combination: str
+    ) -> tuple[list[tuple[Tensor, Tensor]], tuple[float, ...], bool, float]:
+        """The denoiser passes of one guided prediction: ``(passes, gammas, use_uncond, uncond_weight)``."""
+        passes = list(branches)
+        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
+        # eq. 14 rewritten as (1 - sum gamma) f_uncond + sum_j gamma_j f_j: the unconditional
+        # pass is needed only when its weight is not zero.
+        uncond_weight = 1.0 - sum(gammas)
+        use_uncond = (
+            self.guidance != "none" and combination == "inference" and abs(uncond_weight) > _UNCOND_WEIGHT_TOLERANCE
+        )
+        if use_uncond:
+            passes.append(self._null_inputs(0, branches[0][0], branches[0][1]))
+        return passes, gammas, use_uncond, uncond_weight
 
     def _combine(
         self, stacked: Tensor, n: int, batch: int, gammas: tuple[float, ...], combination: str, use_uncond: bool, uncond_weight: float
@@ -455,8 +462,17 @@ class InterestFusion(FusionLayer):
 
     def _sample(self, x0: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> Tensor:
         """Algorithm 2 over the respaced schedule; returns (B, d)."""
-        batch = x0.shape[0]
         branches = self._branches(guidance, mask, None)
+
+        def predict(x: Tensor, local: Tensor, step: int) -> Tensor:
+            return self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")[0]
+
+        return self._reverse(x0, predict)
+
+    def _reverse(self, x0: Tensor, predict) -> Tensor:
+        """The reverse steps from ``x0`` (B, d) (noised to ``t_start`` when set), with
+        ``predict(x, local_step (B,), local_step as an int) -> x0_hat``; returns (B, d)."""
+        batch = x0.shape[0]
         generator: Optional[torch.Generator] = None
         if self.stochastic_sampling:
             generator = torch.Generator(device=x0.device)
@@ -472,12 +488,76 @@ class InterestFusion(FusionLayer):
             x = self.schedule.q_sample(x0, start, start_noise)
         for i in reversed(range(self.sampler.num_steps)):
             local = torch.full((batch,), i, dtype=torch.long, device=x0.device)
-            x0_hat = self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")[0]
+            x0_hat = predict(x, local, i)
             z = None
             if generator is not None and i > 0:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = self.sampler.posterior_step(x0_hat, x, local, z)
         return x
+
+    # ------------------------------------------------------------------ request form
+    def prepare_sessions(self, h_sessions: Tensor, session_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Once per user (eval mode): the projected sessions, the DCFG guidance and its null
+        substitutions, every denoiser term that does not read ``x_t`` at every serving step
+        (unless ``long_condition``, whose time term reads the candidate's ``h_long``), and the
+        skip connection's session term.
+
+        Raises:
+            RuntimeError: in training mode (the request form serves the eval path).
+        """
+        if self.training:
+            raise RuntimeError("prepare_sessions serves the eval path; call .eval() first")
+        sessions, mask = self._sessions(h_sessions, session_mask)
+        branches = self._branches(self.encoder(sessions, mask), mask, None)
+        passes = self._passes(branches, "inference")[0]
+        prepared: dict[str, Tensor] = {}
+        for j, (g, m) in enumerate(passes):
+            prepared[f"guidance.{j}"], prepared[f"mask.{j}"] = g, m
+            if self.long_condition:
+                continue
+            for i in range(self.sampler.num_steps):
+                t = self.sampler.timestep_map[torch.full((g.shape[0],), i, dtype=torch.long, device=g.device)]
+                for name, value in self.denoiser.precompute(t, g, m).items():
+                    prepared[f"step.{i}.{j}.{name}"] = value
+        if self.skip is not None:
+            prepared.update({f"skip.{k}": v for k, v in self.skip.prepare_sessions(h_sessions, session_mask).items()})
+        return prepared
+
+    def fuse_prepared(self, h_long: Tensor, prepared: dict[str, Tensor], long_mask: Optional[Tensor] = None) -> Tensor:
+        """Per candidate: ``x0`` from ``h_long``, the MARN chain (or the other denoiser's
+        ``x_t`` part) at each serving step, the combination and the skip; (C, fusion_dim)."""
+        if self.training:
+            raise RuntimeError("fuse_prepared serves the eval path; call .eval() first")
+        count = h_long.shape[0]
+        x0 = self._start(h_long, long_mask)
+        passes = []
+        j = 0
+        while f"guidance.{j}" in prepared:
+            passes.append((prepared[f"guidance.{j}"].expand(count, -1, -1), prepared[f"mask.{j}"].expand(count, -1)))
+            j += 1
+        gammas = (self.gamma_cp, self.gamma_tf)[: 1 if self.guidance in ("none", "cfg") else 2]
+        uncond_weight = 1.0 - sum(gammas)
+        use_uncond = len(passes) > len(gammas)
+
+        def predict(x: Tensor, local: Tensor, step: int) -> Tensor:
+            if self.long_condition:
+                t = self.sampler.timestep_map[local]
+                outs = [self.denoiser(x, t, g, m, x0) for g, m in passes]
+            else:
+                outs = []
+                for j, (g, m) in enumerate(passes):
+                    prefix = f"step.{step}.{j}."
+                    terms = {k[len(prefix):]: v.expand(count, *v.shape[1:]) for k, v in prepared.items() if k.startswith(prefix)}
+                    outs.append(self.denoiser.forward_precomputed(x, terms, g, m))
+            stacked = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+            return self._combine(stacked, len(outs), count, gammas, "inference", use_uncond, uncond_weight)
+
+        fused = self._reverse(x0, predict)
+        if self.skip is not None:
+            skip_prepared = {k[len("skip."):]: v for k, v in prepared.items() if k.startswith("skip.")}
+            linear = self.skip.fuse_prepared(h_long, skip_prepared, long_mask)
+            fused = linear + self.skip_gate.to(linear.dtype) * fused
+        return fused
 
     def extra_repr(self) -> str:
         return (

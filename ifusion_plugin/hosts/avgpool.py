@@ -76,3 +76,9 @@ class AvgPoolDNN(CTRHost):
         total = torch.bmm(weights, self.embed_long(batch)).squeeze(1)
         count = weights.sum(dim=-1).clamp_min(1.0)
         return total / count
+
+    LONG_READS_CANDIDATE = False
+
+    def encode_long_request(self, user: CTRBatch, candidates: CTRBatch, target: Tensor) -> Tensor:
+        """The mean does not read the candidate: computed once for the user."""
+        return self.encode_long(user).expand(target.shape[0], -1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -232,7 +232,12 @@ class CTRHost(nn.Module):
         h_long = self.encode_long(batch)
         h_sessions = self.encode_sessions(batch, target)
         fusion_output = self.fusion(h_long, h_sessions, session_mask=batch.session_mask, long_mask=batch.has_long)
-        parts = [fusion_output.fused, target, self.user_embedding(batch.user)]
+        logits = self._head_logits(fusion_output.fused, target, self._user_features(batch), h_long)
+        return HostOutput(logits=logits, losses=dict(fusion_output.losses))
+
+    def _user_features(self, batch: CTRBatch) -> Tensor:
+        """The head's user and context embeddings, ``(B, embed_dim * (1 + C))``."""
+        parts = [self.user_embedding(batch.user)]
         if len(self.context_embeddings) > 0:
             if batch.context is None:
                 raise ValueError(
@@ -240,7 +245,75 @@ class CTRHost(nn.Module):
                     f"context_cardinalities={self.spec.context_cardinalities}"
                 )
             parts.extend(embedding(batch.context[:, i]) for i, embedding in enumerate(self.context_embeddings))
+        return torch.cat(parts, dim=-1)
+
+    def _head_logits(self, fused: Tensor, target: Tensor, user_features: Tensor, h_long: Tensor) -> Tensor:
+        parts = [fused, target, user_features]
         if self.head_sees_long:
             parts.append(h_long)
-        logits = self.head(torch.cat(parts, dim=-1)).squeeze(-1)
-        return HostOutput(logits=logits, losses=dict(fusion_output.losses))
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    # ----------------------------------------------------------------- request form
+    #: Whether ``h_long`` depends on the candidate (target attention); ``False`` lets the request
+    #: form fuse once per user when the sessions do not depend on it either.
+    LONG_READS_CANDIDATE: ClassVar[bool] = True
+
+    def encode_long_request(self, user: CTRBatch, candidates: CTRBatch, target: Tensor) -> Tensor:
+        """``h_long`` of C candidates of one user, tensor of shape ``(C, long_dim)``.
+
+        Args:
+            user: the user's batch of size 1 (its target fields are not read).
+            candidates: the user's fields expanded to the C candidates (views), with their
+                ``target_item`` / ``target_cate``.
+            target: :meth:`embed_target` of ``candidates``, shape ``(C, 2 * embed_dim)``.
+
+        The default encodes ``candidates`` as :meth:`encode_long` does; hosts override it to
+        encode the user's sequence once (e.g. TWIN's keys).
+        """
+        return self.encode_long(candidates)
+
+    def request_logits(self, user: CTRBatch, target_item: Tensor, target_cate: Tensor) -> Tensor:
+        """Click logits of one user against C candidates, computing the user's side once (eval mode).
+
+        With ``session_pooling="mean"`` the sessions, the fusion layer's session work
+        (:meth:`~ifusion_plugin.fusion.contract.FusionLayer.prepare_sessions`) and the user and
+        context embeddings are computed once; per candidate remain its embedding, ``h_long``
+        (:meth:`encode_long_request`), the fusion layer's ``h_long`` part and the head. With a
+        candidate-aware pooling the sessions are encoded per candidate and only the embeddings
+        of the user and context are shared.
+
+        Args:
+            user: a :class:`CTRBatch` of batch size 1: the user, the sequences and context (its
+                target fields and label are not read).
+            target_item, target_cate: long tensors of shape ``(C,)``, the candidates.
+
+        Returns:
+            Logits, tensor of shape ``(C,)``, equal to :meth:`forward`'s on the C rows
+            ``(user, candidate)`` (up to float rounding).
+        """
+        count = target_item.shape[0]
+
+        def expand(value: Optional[Tensor]) -> Optional[Tensor]:
+            return None if value is None else value.expand(count, *value.shape[1:])
+
+        candidates = CTRBatch(
+            user=expand(user.user), target_item=target_item, target_cate=target_cate,
+            long_items=expand(user.long_items), long_cates=expand(user.long_cates),
+            session_items=expand(user.session_items), session_cates=expand(user.session_cates),
+            label=target_item.new_zeros(count, dtype=torch.float32), context=expand(user.context),
+            session_behaviors=expand(user.session_behaviors),
+        )
+        target = self.embed_items(target_item, target_cate)
+        h_long = self.encode_long_request(user, candidates, target)
+        long_mask = candidates.has_long
+        if self.session_encoder.pooling == "mean":
+            prepared = self.fusion.prepare_sessions(self.encode_sessions(user), user.session_mask)
+            if self.LONG_READS_CANDIDATE:
+                fused = self.fusion.fuse_prepared(h_long, prepared, long_mask)
+            else:  # nothing the fusion layer reads depends on the candidate: fuse once
+                fused = self.fusion.fuse_prepared(h_long[:1], prepared, long_mask[:1]).expand(count, -1)
+        else:
+            h_sessions = self.encode_sessions(candidates, target)
+            fused = self.fusion(h_long, h_sessions, session_mask=candidates.session_mask, long_mask=long_mask).fused
+        user_features = self._user_features(user)
+        return self._head_logits(fused, target, user_features.expand(count, -1), h_long)

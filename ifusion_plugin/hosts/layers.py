@@ -272,13 +272,21 @@ class MultiHeadTargetAttention(nn.Module):
             nn.Linear(attention_dim, attention_dim, bias=False) if output_projection else None
         )
 
-    def scores(self, query: Tensor, keys: Tensor) -> Tensor:
-        """Scaled scores of every head, tensor of shape ``(B, L, num_heads)`` (unmasked)."""
+    def _folded_query(self, query: Tensor) -> Tensor:
+        """``W_k^T W_q q / sqrt(a)`` per head: (B, query_dim) -> (B, key_dim, num_heads)."""
         heads, width = self.num_heads, self.head_dim
         q = self.query_projection(query).view(-1, heads, width)  # (B, h, a)
         w_k = self.key_projection.weight.view(heads, width, self.key_dim)  # (h, a, d)
-        folded = torch.einsum("bha,had->bdh", q, w_k) / math.sqrt(width)  # (B, d, h)
-        return torch.bmm(keys, folded)
+        return torch.einsum("bha,had->bdh", q, w_k) / math.sqrt(width)
+
+    def scores(self, query: Tensor, keys: Tensor) -> Tensor:
+        """Scaled scores of every head, tensor of shape ``(B, L, num_heads)`` (unmasked)."""
+        return torch.bmm(keys, self._folded_query(query))
+
+    def shared_scores(self, query: Tensor, keys: Tensor) -> Tensor:
+        """:meth:`scores` of C queries ``(C, query_dim)`` against one sequence ``(L, key_dim)``
+        that they all share (one user's, in the request form): ``(C, L, num_heads)``, one matmul."""
+        return torch.einsum("ld,cdh->clh", keys, self._folded_query(query))
 
     def attend(self, scores: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """Pool ``keys`` (B, L', d) with ``scores`` (B, L', h) over ``mask`` (B, L'); (B, attention_dim)."""

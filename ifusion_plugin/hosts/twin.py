@@ -120,3 +120,15 @@ class TWIN(CTRHost):
         index, kept = self.retrieve(batch)
         behaviours = self.embed_items(batch.long_items.gather(1, index), batch.long_cates.gather(1, index))
         return self.esu(self.embed_target(batch), behaviours, kept)
+
+    def encode_long_request(self, user: CTRBatch, candidates: CTRBatch, target: Tensor) -> Tensor:
+        """The user's sequence embedded once; the CP-GSU scores of every candidate in one matmul
+        (keys are never projected, see :class:`MultiHeadTargetAttention`), and the ESU pools
+        the top-k of those same scores."""
+        count = target.shape[0]
+        behaviours = self.embed_long(user)[0]  # (L, d), once
+        scores = self.esu.shared_scores(target, behaviours)  # (C, L, h)
+        ranking = scores.mean(dim=-1) if self.cp_scoring == "mean" else scores[..., 0]
+        index, kept = masked_topk(ranking, user.long_mask.expand(count, -1), self.top_k)
+        top_scores = scores.gather(1, index.unsqueeze(-1).expand(-1, -1, scores.shape[-1]))
+        return self.esu.attend(top_scores, behaviours[index], kept)

@@ -24,7 +24,7 @@ def _seqs():
 
 def test_split_sizes_and_negatives_never_rated():
     users, seqs, cate_of = _seqs()
-    out, spec = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20)
+    out, spec, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20)
     # per user 3 train positions (n-3 >= 22), 1 valid, 1 test; each a positive and a negative
     assert len(out["train"]["label"]) == 6 * 3 * 2
     assert len(out["valid"]["label"]) == len(out["test"]["label"]) == 12
@@ -43,9 +43,9 @@ def test_split_sizes_and_negatives_never_rated():
 def test_no_test_item_in_train_histories_and_determinism():
     users, seqs, cate_of = _seqs()
     opts = SequenceOptions(long_len=40, num_sessions=2, session_len=2)
-    out, _ = build_ctr_samples(users, seqs, cate_of, opts, seed=0, train_per_user=3)
-    out2, _ = build_ctr_samples(users, seqs, cate_of, opts, seed=0, train_per_user=3)
-    out3, _ = build_ctr_samples(users, seqs, cate_of, opts, seed=1, train_per_user=3)
+    out, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, opts, seed=0, train_per_user=3)
+    out2, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, opts, seed=0, train_per_user=3)
+    out3, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, opts, seed=1, train_per_user=3)
     for k in out["train"]:
         np.testing.assert_array_equal(out["train"][k], out2["train"][k])
     assert not np.array_equal(out["train"]["target_item"], out3["train"]["target_item"])
@@ -154,8 +154,8 @@ def test_synthetic_deterministic_shuffled_and_signal(tmp_path):
 
 def test_test_per_user_takes_the_last_positions():
     users, seqs, cate_of = _seqs()
-    out, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, test_per_user=3)
-    one, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20)
+    out, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, test_per_user=3)
+    one, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20)
     assert len(out["test"]["label"]) == 3 * len(one["test"]["label"])
     for ui, seq in enumerate(seqs):
         positives = out["test"]["item_id"][(out["test"]["user_id"] == users[ui]) & (out["test"]["label"] == 1)]

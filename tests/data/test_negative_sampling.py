@@ -32,9 +32,9 @@ def _raw_negatives(out) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["uniform", "popularity"])
 def test_negatives_never_rated_and_seeded(mode):
     users, seqs, cate_of = _skewed_sequences(40)
-    out, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, negative_sampling=mode)
-    again, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, negative_sampling=mode)
-    other, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=1, train_per_user=3, min_train_position=20, negative_sampling=mode)
+    out, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, negative_sampling=mode)
+    again, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, min_train_position=20, negative_sampling=mode)
+    other, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=1, train_per_user=3, min_train_position=20, negative_sampling=mode)
     rated = {u: set(s.tolist()) for u, s in zip(users, seqs)}
     for split in ("train", "valid", "test"):
         neg = out[split]["label"] == 0
@@ -51,7 +51,7 @@ def test_popularity_negatives_follow_interaction_counts():
     # rated by anyone is never drawn under "popularity", often under "uniform".
     users, seqs, cate_of = _skewed_sequences()
     rated_by_someone = set(np.concatenate(seqs).tolist())
-    out_pop, _ = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, negative_sampling="popularity")
+    out_pop, _, _vocabularies = build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, train_per_user=3, negative_sampling="popularity")
     assert set(_raw_negatives(out_pop).tolist()) <= rated_by_someone
     # In proportion to counts: with every user rating the blockbusters, none is ever a negative;
     # among tail items drawn, those rated by two users come about twice as often as those rated

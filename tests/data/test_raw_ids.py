@@ -145,7 +145,7 @@ class _NoRawIds(SyntheticDataModule):
         return "synthetic-no-raw-ids"
 
     def _build(self):
-        splits, spec = super()._build()
+        splits, spec = super()._build()[:2]
         return {split: {k: v for k, v in cols.items() if k not in RAW_ID_COLUMNS} for split, cols in splits.items()}, spec
 
 
@@ -165,7 +165,7 @@ def test_raw_ids_stay_out_of_the_batches_and_missing_ones_are_reported(tmp_path:
 
 
 def test_cache_rejects_inconsistent_raw_ids(tmp_path: Path) -> None:
-    good, spec = SyntheticDataModule(num_users=4, num_items=30, num_cates=4, history_len=24, long_len=4)._build()
+    good, spec, _vocabularies = SyntheticDataModule(num_users=4, num_items=30, num_cates=4, history_len=24, long_len=4)._build()
 
     def build_with(split: str, **columns):
         return lambda: ({**good, split: {**good[split], **columns}}, spec)

@@ -1,0 +1,209 @@
+"""Vocabularies: raw ids (as the data spells them, ints or strings) to contiguous indices.
+
+Index 0 is padding, 1 out-of-vocabulary (OOV), known ids start at 2 (see
+:mod:`ifusion_plugin.batch`). Every source builds its vocabularies from what train sees and the
+cache stores them (``vocab/``), so that a serving bundle can turn the ids a request spells into
+the model's inputs exactly as training did (``cli export`` copies them beside the programs).
+
+On disk (:meth:`Vocabularies.save`): one Parquet file per vocabulary with its keys in index
+order (column ``raw``: row ``r`` has index ``r + 2``), ``item_categories.parquet`` (the raw
+category of each item the source knows, columns ``item`` and ``cate``), and
+``vocabularies.json`` naming the files and the context columns in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..batch import FIRST_ID, OOV_ID
+
+__all__ = ["Vocabulary", "Vocabularies", "VOCABULARIES_MANIFEST"]
+
+#: The file of a saved :class:`Vocabularies` directory that lists its parts.
+VOCABULARIES_MANIFEST = "vocabularies.json"
+
+
+class Vocabulary:
+    """Maps raw ids (ints or strings) to contiguous indices: 0 padding, 1 OOV, known ids from 2.
+
+    Args:
+        values: the raw ids seen in train, in any order, duplicates and nulls allowed; the
+            known ids are their distinct non-null values, sorted (so the mapping does not
+            depend on row order).
+    """
+
+    def __init__(self, values: Iterable[object]) -> None:
+        known = pa.array(list(values)) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
+        unique = pc.unique(known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known)
+        unique = unique.filter(pc.is_valid(unique))
+        self._keys = pc.take(unique, pc.sort_indices(unique))
+
+    @classmethod
+    def from_keys(cls, keys: "pa.Array | np.ndarray | Iterable[object]") -> "Vocabulary":
+        """The vocabulary whose known ids are ``keys`` in the given order (``keys[i]`` gets index
+        ``i + 2``); the keys must be distinct and non-null.
+
+        Raises:
+            ValueError: a key is null or repeated.
+        """
+        array = keys if isinstance(keys, pa.Array) else pa.array(np.asarray(keys) if isinstance(keys, np.ndarray) else list(keys))
+        if array.null_count:
+            raise ValueError(f"vocabulary keys must not be null; {array.null_count} are")
+        if len(pc.unique(array)) != len(array):
+            raise ValueError(f"vocabulary keys must be distinct; {len(array) - len(pc.unique(array))} repeat")
+        vocabulary = cls.__new__(cls)
+        vocabulary._keys = array
+        return vocabulary
+
+    def __len__(self) -> int:
+        """Size of the index space, padding and OOV included."""
+        return len(self._keys) + FIRST_ID
+
+    @property
+    def keys(self) -> pa.Array:
+        """The known raw ids; ``keys[i]`` has index ``i + 2``."""
+        return self._keys
+
+    def encode(self, values: "pa.Array | pa.ChunkedArray") -> np.ndarray:
+        """Indices of ``values`` (int64 array of the same length); unseen or null ids give ``OOV_ID``."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if len(self._keys) and values.type != self._keys.type:
+            try:
+                values = values.cast(self._keys.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                # An int request against string keys (or the reverse): compare as text.
+                positions = pc.index_in(values.cast(pa.string()), value_set=self._keys.cast(pa.string()))
+                return _positions_to_ids(positions)
+        positions = pc.index_in(values, value_set=self._keys)
+        return _positions_to_ids(positions)
+
+    def save(self, path: str) -> None:
+        """Write the keys (column ``raw``, in index order) to Parquet at ``path``."""
+        pq.write_table(pa.table({"raw": self._keys}), path)
+
+    @classmethod
+    def load(cls, path: str) -> "Vocabulary":
+        """The vocabulary saved at ``path`` by :meth:`save`."""
+        return cls.from_keys(pq.read_table(path, columns=["raw"]).column("raw").combine_chunks())
+
+
+def _positions_to_ids(positions: pa.Array) -> np.ndarray:
+    filled = pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(filled >= 0, filled + FIRST_ID, OOV_ID)
+
+
+@dataclass
+class Vocabularies:
+    """The vocabularies of one dataset, built from what its train split sees.
+
+    Attributes:
+        users, items: user and item ids (candidates and histories share the item space).
+        cates: category ids, ``None`` when the data has no categories (every category is then OOV).
+        context: one vocabulary per context column, in the model's input order.
+        behaviors: behaviour types of the session behaviours, ``None`` without types.
+        item_categories: the source's catalogue, raw item id -> raw category id (columns
+            ``item`` and ``cate``, one row per item, items outside the item vocabulary included:
+            a new item's category is still known), for requests that name items only; ``None``
+            when the source has none.
+    """
+
+    users: Vocabulary
+    items: Vocabulary
+    cates: Optional[Vocabulary]
+    context: dict[str, Vocabulary] = field(default_factory=dict)
+    behaviors: Optional[Vocabulary] = None
+    item_categories: Optional[pa.Table] = None
+
+    def __post_init__(self) -> None:
+        if self.item_categories is not None:
+            if self.item_categories.column_names != ["item", "cate"]:
+                raise ValueError(f"item_categories must have the columns ['item', 'cate'], got {self.item_categories.column_names}")
+            items = self.item_categories["item"]
+            if len(pc.unique(items)) != len(items):
+                raise ValueError("item_categories must hold each item once")
+
+    @staticmethod
+    def catalogue(items: "pa.Array | pa.ChunkedArray", cates: "pa.Array | pa.ChunkedArray") -> pa.Table:
+        """The ``item_categories`` table of paired raw ``items`` and ``cates`` (data order): an item
+        seen with several categories keeps its last; pairs with a null category are left out."""
+        items = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
+        cates = cates.combine_chunks() if isinstance(cates, pa.ChunkedArray) else cates
+        keep = pc.is_valid(cates)
+        items, cates = items.filter(keep), cates.filter(keep)
+        # np.unique on the reversed pairs finds each item's last pair explicitly.
+        index = Vocabulary(items).encode(items)[::-1]
+        _, first = np.unique(index, return_index=True)
+        last = len(index) - 1 - first
+        return pa.table({"item": items.take(pa.array(last)), "cate": cates.take(pa.array(last))})
+
+    def categories_of(self, items: "pa.Array | pa.ChunkedArray") -> pa.Array:
+        """Raw categories of raw ``items`` from :attr:`item_categories` (null for unknown items).
+
+        Raises:
+            LookupError: the vocabularies carry no item catalogue.
+        """
+        if self.item_categories is None:
+            raise LookupError("these vocabularies carry no item -> category catalogue")
+        items = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
+        known = self.item_categories["item"].combine_chunks()
+        if items.type != known.type:
+            items, known = items.cast(pa.string()), known.cast(pa.string())
+        return self.item_categories["cate"].combine_chunks().take(pc.index_in(items, value_set=known))
+
+    def save(self, directory: str) -> None:
+        """Write every vocabulary under ``directory`` (created; existing files are replaced)."""
+        os.makedirs(directory, exist_ok=True)
+        parts: dict[str, object] = {"users": "users.parquet", "items": "items.parquet"}
+        self.users.save(os.path.join(directory, "users.parquet"))
+        self.items.save(os.path.join(directory, "items.parquet"))
+        if self.item_categories is not None:
+            parts["item_categories"] = "item_categories.parquet"
+            pq.write_table(self.item_categories, os.path.join(directory, "item_categories.parquet"))
+        if self.cates is not None:
+            parts["cates"] = "cates.parquet"
+            self.cates.save(os.path.join(directory, "cates.parquet"))
+        if self.behaviors is not None:
+            parts["behaviors"] = "behaviors.parquet"
+            self.behaviors.save(os.path.join(directory, "behaviors.parquet"))
+        context_files = {}
+        for index, (name, vocabulary) in enumerate(self.context.items()):
+            context_files[name] = f"context-{index}.parquet"  # column names may hold any character
+            vocabulary.save(os.path.join(directory, context_files[name]))
+        parts["context"] = context_files
+        with open(os.path.join(directory, VOCABULARIES_MANIFEST), "w", encoding="utf-8") as handle:
+            json.dump(parts, handle, indent=1)
+
+    @classmethod
+    def load(cls, directory: str) -> "Vocabularies":
+        """The vocabularies saved under ``directory`` by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``directory`` holds no ``vocabularies.json``.
+        """
+        manifest = os.path.join(directory, VOCABULARIES_MANIFEST)
+        if not os.path.isfile(manifest):
+            raise FileNotFoundError(f"{directory}: no {VOCABULARIES_MANIFEST} (not a saved vocabularies directory)")
+        with open(manifest, encoding="utf-8") as handle:
+            parts = json.load(handle)
+
+        def load(name: str) -> Optional[Vocabulary]:
+            return Vocabulary.load(os.path.join(directory, parts[name])) if name in parts else None
+
+        return cls(
+            users=load("users"),  # type: ignore[arg-type]
+            items=load("items"),  # type: ignore[arg-type]
+            cates=load("cates"),
+            context={name: Vocabulary.load(os.path.join(directory, file)) for name, file in parts.get("context", {}).items()},
+            behaviors=load("behaviors"),
+            item_categories=(pq.read_table(os.path.join(directory, parts["item_categories"]))
+                             if "item_categories" in parts else None),
+        )
