@@ -105,6 +105,8 @@ class CTRBatch:
             vocabulary), for sources whose logs carry types (``FeatureSpec.num_behaviors > 0``);
             ``None`` otherwise. The long-term sequence carries none: the heterogeneous setting of
             the paper (appendix G) draws it from one kind of behaviour.
+        row: optional long tensor of shape ``(B,)``, each sample's index in its split (set by the
+            built-in loaders; predictions are placed by it, whatever process scored the batch).
     """
 
     user: Tensor
@@ -117,6 +119,7 @@ class CTRBatch:
     label: Tensor
     context: Optional[Tensor] = field(default=None)
     session_behaviors: Optional[Tensor] = field(default=None)
+    row: Optional[Tensor] = field(default=None)
 
     @property
     def long_mask(self) -> Tensor:
@@ -155,7 +158,7 @@ class CTRBatch:
 
         Args:
             columns: mapping from column name to an array whose first dimension is the batch;
-                ``context`` and ``session_behaviors`` are optional.
+                ``context``, ``session_behaviors`` and ``row`` are optional.
 
         Raises:
             ValueError: a required column is missing.
@@ -169,6 +172,7 @@ class CTRBatch:
 
         context = columns.get("context")
         behaviors = columns.get("session_behaviors")
+        row = columns.get("row")
         return cls(
             user=as_long(columns["user"]),
             target_item=as_long(columns["target_item"]),
@@ -180,4 +184,5 @@ class CTRBatch:
             label=torch.as_tensor(np.asarray(columns["label"]) if not isinstance(columns["label"], Tensor) else columns["label"]).float(),
             context=None if context is None else as_long(context),
             session_behaviors=None if behaviors is None else as_long(behaviors),
+            row=None if row is None else as_long(row),
         )

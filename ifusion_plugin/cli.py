@@ -26,12 +26,13 @@ Differences from a plain ``LightningCLI``:
   :meth:`~ifusion_plugin.data.CTRDataModule.raw_ids`. Every built-in datamodule provides them;
   with a datamodule that does not (``has_raw_ids`` false, or not a ``CTRDataModule``) the file
   has the first five columns only and a ``UserWarning`` says so. An existing file is replaced
-  only with ``--overwrite_predictions true``.
+  only with ``--overwrite_predictions true``. Under DDP every process scores its batches and
+  rank 0 writes the one file, rows in split order
+  (:class:`~ifusion_plugin.prediction_writer.PredictionsFileWriter`).
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import importlib
 import logging
@@ -42,7 +43,6 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 try:
@@ -59,6 +59,7 @@ except ImportError as _missing:  # the core (fusion layers, hosts) needs torch a
 
 from .batch import FIRST_ID, FeatureSpec
 from .cli_errors import short_error
+from .prediction_writer import PredictionsFileWriter, write_predictions
 from .recipes import resolve_recipe_paths
 from .task import CTRTask
 
@@ -88,11 +89,6 @@ COMMANDS = {
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 PREDICT_SPLITS = ("train", "valid", "test")
-PREDICTION_COLUMNS = ("row", "user", "target_item", "label", "prob")
-#: Appended after :data:`PREDICTION_COLUMNS` when the datamodule keeps raw ids: readers that
-#: take the first five columns by position keep working.
-RAW_ID_PREDICTION_COLUMNS = ("user_id", "item_id")
-
 #: Defaults every run gets unless the YAML or the command line says otherwise.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 1,
@@ -109,28 +105,6 @@ def format_summary(metrics: dict[str, float], title: str) -> str:
     rule = "-" * (width + 14)
     rows = [f"{name:<{width}}  {value:>12.6f}" for name, value in sorted(metrics.items())]
     return "\n".join([rule, title, rule, *rows, rule])
-
-
-def write_predictions(columns: dict[str, np.ndarray], path: str) -> None:
-    """Write equal-length prediction columns to ``path``: Parquet for ``.parquet``, else CSV.
-
-    The file is written under a temporary name and renamed, so an interrupted run never
-    leaves a truncated file behind.
-    """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    base, ext = os.path.splitext(path)
-    partial = f"{base}.partial{ext}"
-    if ext == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table(columns), partial)
-    else:
-        with open(partial, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(list(columns))
-            writer.writerows(zip(*(values.tolist() for values in columns.values())))
-    os.replace(partial, path)
 
 
 def _factory(node: Any) -> Any:
@@ -296,44 +270,16 @@ class CTRLightningCLI(LightningCLI):
             raise FileExistsError(f"--predictions_path {path} exists; pass --overwrite_predictions true to replace it")
         if self.datamodule is not None:
             self.datamodule.predict_split = split
-        batches = self.trainer.predict(**kwargs)
-        if not self.trainer.is_global_zero or batches is None:
-            return
-        # `batches` is a list of per-dataloader lists when predicting on several loaders.
-        parts = [part for batch in batches for part in (batch if isinstance(batch, list) else [batch])]
-        columns = {name: torch.cat([part[name] for part in parts]).cpu().numpy() for name in PREDICTION_COLUMNS[1:]}
-        # The predict loader keeps the split's order, so a running index is the sample's row.
-        columns = {"row": np.arange(len(columns["prob"])), **columns}
-        columns.update(self._raw_id_columns(split, columns["row"]))
-        write_predictions(columns, path)
-        print(f"predictions for the {split} split written to {path}", flush=True)
-
-    def _raw_id_columns(self, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The raw ``user_id`` and ``item_id`` of the predicted ``rows`` of ``split``.
-
-        Args:
-            split: the predicted split.
-            rows: int array of shape ``(R,)``, the predicted samples' rows in the split.
-
-        Returns:
-            ``{"user_id": (R,), "item_id": (R,)}``, or ``{}`` with a ``UserWarning`` when the
-            datamodule keeps no raw ids (the file then has the encoded ids only).
-        """
-        datamodule = self.datamodule
-        if not getattr(datamodule, "has_raw_ids", False):
-            reason = (
-                "there is no datamodule" if datamodule is None
-                else f"{type(datamodule).__name__} keeps no raw ids (see CTRDataModule.raw_ids)"
-            )
-            warnings.warn(
-                f"predict: the predictions file gets no {'/'.join(RAW_ID_PREDICTION_COLUMNS)} columns: {reason}; "
-                "join on 'row' to recover them",
-                UserWarning,
-                stacklevel=2,
-            )
-            return {}
-        raw = datamodule.raw_ids(split)
-        return {name: raw[name][rows] for name in RAW_ID_PREDICTION_COLUMNS}
+        # Lightning's prediction-writer callback places every prediction by its sample's row
+        # (right under DDP too) and writes the file on rank 0.
+        writer = PredictionsFileWriter(path, split)
+        self.trainer.callbacks.append(writer)
+        try:
+            self.trainer.predict(**{**kwargs, "return_predictions": False})
+        finally:
+            self.trainer.callbacks.remove(writer)
+        if self.trainer.is_global_zero:
+            print(f"predictions for the {split} split written to {path}", flush=True)
 
     def before_instantiate_classes(self) -> None:
         """Loggers left at the default directory follow ``--trainer.default_root_dir``, so the
@@ -454,6 +400,9 @@ def main(
     warnings.filterwarnings("ignore", message=r"(?s).*Unable to serialize instance FeatureSpec")
     # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates: not ours to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Predictions are placed by the row each batch carries (CTRBatch.row), not by Lightning's
+    # batch indices, which a loader of whole index batches cannot report.
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
     interactive = sys.stderr.isatty()
     if not interactive:
         # Progress bars in a log file are escape codes and carriage returns, not progress.

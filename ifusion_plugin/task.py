@@ -162,10 +162,14 @@ class CTRTask(pl.LightningModule):
 
         Returns:
             dict with ``user``, ``target_item`` (long tensors of shape ``(B,)``), ``label`` and
-            ``prob`` (float tensors of shape ``(B,)``, ``prob`` the sigmoid of the logit).
+            ``prob`` (float tensors of shape ``(B,)``, ``prob`` the sigmoid of the logit), and
+            ``row`` (the samples' rows in their split) when the batch carries them.
         """
         probs = torch.sigmoid(self.host(batch).logits.float())
-        return {"user": batch.user, "target_item": batch.target_item, "label": batch.label, "prob": probs}
+        out = {"user": batch.user, "target_item": batch.target_item, "label": batch.label, "prob": probs}
+        if batch.row is not None:
+            out["row"] = batch.row
+        return out
 
     # ------------------------------------------------------------------ exact resumption
     # iFusion draws diffusion steps, noises and guidance dropout from torch's global generator.

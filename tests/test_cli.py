@@ -21,6 +21,7 @@ from lightning.pytorch import LightningDataModule
 
 from ifusion_plugin.batch import FIRST_ID, OOV_ID
 from ifusion_plugin.cli import CTRLightningCLI, main
+from ifusion_plugin.prediction_writer import PredictionsFileWriter
 from ifusion_plugin.task import CTRTask
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -230,7 +231,8 @@ def test_predictions_without_raw_ids_keep_the_encoded_columns_and_warn() -> None
     rows = np.arange(3)
     for datamodule, reason in ((None, "there is no datamodule"), (LightningDataModule(), "LightningDataModule keeps no raw ids")):
         with pytest.warns(UserWarning, match=f"no user_id/item_id columns: {reason}"):
-            assert CTRLightningCLI._raw_id_columns(SimpleNamespace(datamodule=datamodule), "test", rows) == {}
+            writer = PredictionsFileWriter("unused.csv", "test")
+            assert writer._raw_id_columns(SimpleNamespace(datamodule=datamodule), rows) == {}
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
@@ -82,3 +84,33 @@ def test_ddp_two_cpu_processes_sync_metrics(tmp_path) -> None:
     assert ranks[0]["val_auc"] == pytest.approx(roc_auc_score(y.numpy(), p.numpy()), abs=1e-6)
     assert ranks[0]["val_logloss"] == pytest.approx(log_loss(y.numpy(), p.numpy()), abs=1e-5)
     assert ranks[0]["val_gauc"] == pytest.approx(float(group_auc(p, y, u)), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_predictions_equal_the_single_process_file_row_for_row(tmp_path) -> None:
+    """Each rank scores every second batch; the file still names every row once, in order, with
+    the single-process probabilities and raw ids."""
+    cache = str(tmp_path / "cache")
+    data = SyntheticDataModule(cache_dir=cache, **DATA_OPTIONS)
+    data.prepare_data()
+    torch.manual_seed(0)
+    task = make_task(data.feature_spec)
+    torch.save(task.state_dict(), tmp_path / "weights.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    files = {}
+    for devices in (1, 2):
+        files[devices] = tmp_path / f"predictions-{devices}.csv"
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / "ddp_predict.py"), str(tmp_path / "weights.pt"), cache, str(devices), str(files[devices])],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+    single, ddp = (pd.read_csv(files[d]) for d in (1, 2))
+    test_rows = len(data.split("test"))
+    assert test_rows > 2 * DATA_OPTIONS["eval_batch_size"]  # more than one batch per rank
+    assert single["row"].tolist() == list(range(test_rows)) == ddp["row"].tolist()
+    assert single[["user", "target_item", "label", "user_id", "item_id"]].equals(ddp[["user", "target_item", "label", "user_id", "item_id"]])
+    assert np.allclose(single["prob"], ddp["prob"], rtol=0, atol=1e-6)
+    raw = data.raw_ids("test")
+    assert ddp["user_id"].tolist() == raw["user_id"].tolist() and ddp["item_id"].tolist() == raw["item_id"].tolist()

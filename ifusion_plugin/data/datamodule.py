@@ -194,6 +194,7 @@ class _BatchDataset:
                 sel = chunk_of == c
                 col[sel] = views[c][idx[sel] - self.offsets[c]]
             out[name] = col
+        out["row"] = idx  # the samples' rows in the split: predictions are placed by them
         return CTRBatch.from_columns(out)
 
 
