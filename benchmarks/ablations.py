@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
-from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule, set_knobs
+from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule
 from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, cli_fit_command, load_runs, parse_metrics, run_key
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
@@ -143,14 +143,10 @@ def swapped_long_change(task: CTRTask, batches: list[CTRBatch]) -> dict[str, flo
             h_sessions = task.host.encode_sessions(batch)
             swapped = h_long.roll(1, dims=0)
             for name in totals:
-                skip = fusion.skip
-                if name == "generated":
-                    fusion.skip = None
-                try:
-                    a = fusion(h_long, h_sessions, batch.session_mask, batch.has_long).fused
-                    b = fusion(swapped, h_sessions, batch.session_mask, batch.has_long).fused
-                finally:
-                    fusion.skip = skip
+                # "generated": the diffusion output alone, the skip connection bypassed.
+                options = {"concat_skip": False} if name == "generated" and fusion.skip is not None else {}
+                a = fusion.sample(h_long, h_sessions, batch.session_mask, batch.has_long, **options)
+                b = fusion.sample(swapped, h_sessions, batch.session_mask, batch.has_long, **options)
                 totals[name][0] += float((a - b).norm(dim=-1).sum())
                 totals[name][1] += float(a.norm(dim=-1).sum())
     return {name: change / max(norm, 1e-12) for name, (change, norm) in totals.items()}
@@ -187,25 +183,22 @@ def serve(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, Any]:
             if task is None:
                 continue
             fusion = task.host.fusion
-            trained = dict(gamma_cp=fusion.gamma_cp, gamma_tf=fusion.gamma_tf, t_start=fusion.t_start)
             rows = []
             for s in steps:
-                set_knobs(fusion, sampling_steps=s, **trained)
-                auc, speed = timed_evaluate(task, batches)
+                with fusion.serving(sampling_steps=s):
+                    auc, speed = timed_evaluate(task, batches)
                 rows.append({"steps": s, "val_auc": auc, "samples_per_s": speed})
             result["steps"][variant] = rows
-            set_knobs(fusion, sampling_steps=1, **trained)
             if variant == "default":
                 for gamma_cp in gammas:
                     for gamma_tf in gammas:
                         if gamma_cp + gamma_tf == 0:
                             continue
-                        set_knobs(fusion, sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=trained["t_start"])
-                        result["gamma_grid"].append({"gamma_cp": gamma_cp, "gamma_tf": gamma_tf, "val_auc": evaluate(task, batches)[0]})
+                        with fusion.serving(sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf):
+                            result["gamma_grid"].append({"gamma_cp": gamma_cp, "gamma_tf": gamma_tf, "val_auc": evaluate(task, batches)[0]})
                 for t_start in t_starts:
-                    set_knobs(fusion, sampling_steps=1, gamma_cp=trained["gamma_cp"], gamma_tf=trained["gamma_tf"], t_start=t_start)
-                    result["t_start"].append({"t_start": t_start, "val_auc": evaluate(task, batches)[0]})
-                set_knobs(fusion, sampling_steps=1, **trained)
+                    with fusion.serving(sampling_steps=1, t_start=t_start):
+                        result["t_start"].append({"t_start": t_start, "val_auc": evaluate(task, batches)[0]})
         for variant in ("default", "disentangle off"):
             task = load(variant)
             if task is not None:

@@ -48,19 +48,13 @@ def datamodule_of(config: Path, data_root: Optional[str] = None):
 
 
 def scores(task: CTRTask, batches: list, zero_gate: bool) -> np.ndarray:
-    """Click probabilities ``(n,)`` over ``batches``; with ``zero_gate`` the skip gate is zero."""
+    """Click probabilities ``(n,)`` over ``batches``; with ``zero_gate`` the generated interest is
+    removed (``generated_scale=0``: ``fused`` is the skip's concat alone)."""
     fusion = task.host.fusion
     if not isinstance(fusion, InterestFusion) or fusion.skip is None:
         raise ValueError("the checkpoint's fusion is not an InterestFusion with concat_skip")
-    saved = fusion.skip_gate.detach().clone()
-    try:
-        with torch.no_grad():
-            if zero_gate:
-                fusion.skip_gate.zero_()
-            return torch.cat([torch.sigmoid(task(batch).logits) for batch in batches]).numpy()
-    finally:
-        with torch.no_grad():
-            fusion.skip_gate.copy_(saved)
+    with torch.no_grad(), fusion.serving(generated_scale=0.0 if zero_gate else 1.0):
+        return torch.cat([torch.sigmoid(task(batch).logits) for batch in batches]).numpy()
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict]:

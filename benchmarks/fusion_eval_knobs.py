@@ -34,18 +34,6 @@ from ifusion_plugin.task import CTRTask
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def set_knobs(
-    fusion: InterestFusion, gamma_cp: float, gamma_tf: float, t_start: Optional[int], sampling_steps: Optional[int] = None
-) -> None:
-    """Serve a trained InterestFusion with other settings (what its constructor would set);
-    ``sampling_steps=None`` keeps the current number of steps."""
-    if sampling_steps is not None:
-        fusion.sampling_steps = sampling_steps
-    fusion.gamma_cp, fusion.gamma_tf, fusion.t_start = gamma_cp, gamma_tf, t_start
-    top = fusion.schedule.num_steps if t_start is None else t_start
-    fusion.sampler = fusion.schedule.respace(fusion.sampling_steps, start_step=top - 1)
-
-
 def load_recipe_datamodule(data: str, data_root: Optional[str], cwd: str, overrides: Optional[dict[str, Any]] = None) -> Any:
     """The datamodule of ``recipes/data/<data>.yaml`` (``synthetic``: the recipes' default data),
     built in this process with ``root`` replaced by ``data_root`` when given, relative roots
@@ -86,10 +74,9 @@ def serve_grid(args: argparse.Namespace) -> None:
     for run in runs:
         task = CTRTask.load_from_checkpoint(run["checkpoint"], map_location="cpu").eval()
         fusion = task.host.fusion
-        trained = (fusion.gamma_cp, fusion.gamma_tf)
         for t_start, steps in settings:
-            set_knobs(fusion, *trained, t_start, steps)
-            results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches)[0])
+            with fusion.serving(t_start=t_start, sampling_steps=steps):  # the trained scales
+                results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches)[0])
     print(f"{args.split} AUC of the iFusion checkpoints in {args.runs} (mean +- std over seeds)\n")
     print("| host | t_start | S | seeds | AUC | vs t_start None, same S |\n|---|---|---|---|---|---|")
     for (host, t_start, steps), aucs in results.items():
@@ -137,10 +124,9 @@ def main() -> None:
     print("| serving setting | gamma_cp | gamma_tf | t_start | val AUC | val logloss |")
     print("|---|---|---|---|---|---|")
     for label, gamma_cp, gamma_tf, t_start in rows:
-        set_knobs(fusion, gamma_cp, gamma_tf, t_start)
-        auc, logloss = evaluate(task, batches)
+        with fusion.serving(gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=t_start):
+            auc, logloss = evaluate(task, batches)
         print(f"| {label} | {gamma_cp:.3g} | {gamma_tf:.3g} | {t_start} | {auc:.4f} | {logloss:.4f} |", flush=True)
-    set_knobs(fusion, *trained)
 
 
 if __name__ == "__main__":

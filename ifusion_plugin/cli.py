@@ -281,6 +281,28 @@ class CTRLightningCLI(LightningCLI):
         if self.trainer.is_global_zero:
             print(f"predictions for the {split} split written to {path}", flush=True)
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Keep the command line's ``--model...`` options: they must win over a checkpoint's
+        hyperparameters (see :meth:`_parse_ckpt_path`)."""
+        words = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        self._model_options: list[str] = []
+        for i, word in enumerate(words):
+            if word.startswith("--model.") or word.startswith("--model="):
+                self._model_options.append(word)
+                if "=" not in word and i + 1 < len(words):
+                    self._model_options.append(words[i + 1])
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning puts a checkpoint's hyperparameters over the whole model config, which
+        silently dropped what the command line set (e.g. ``test --ckpt_path ... --model...t_start
+        100``, iFusion's serving settings). The checkpoint's values stay the defaults; the
+        command line's ``--model...`` options are applied again on top."""
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        if subcommand and self._model_options and self.config[subcommand].get("ckpt_path"):
+            self.config = self.parser.parse_args([subcommand, *self._model_options], namespace=self.config)
+
     def before_instantiate_classes(self) -> None:
         """Loggers left at the default directory follow ``--trainer.default_root_dir``, so the
         run (metrics, checkpoints, config.yaml) lands where the user asked."""

@@ -79,7 +79,27 @@ def example_inputs(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> tup
     return tuple(values[name] for name in input_names(spec))
 
 
-class ServingModel(nn.Module):
+class _HostServing(nn.Module):
+    """What both serving forms share: the host in eval mode, its spec, the optional inputs."""
+
+    def __init__(self, host: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.host = host.eval()
+        self.spec = spec
+
+    def _optional(self, optional: tuple[Tensor, ...], after: str) -> dict[str, Tensor]:
+        """The optional inputs by name; raises ``ValueError`` when their number is not the spec's."""
+        names = optional_input_names(self.spec)
+        if len(optional) != len(names):
+            raise ValueError(
+                f"expected {len(names)} input(s) after {after} ({', '.join(names) or 'none'}: the spec has "
+                f"context_cardinalities={self.spec.context_cardinalities}, num_behaviors={self.spec.num_behaviors}), "
+                f"got {len(optional)}"
+            )
+        return dict(zip(names, optional))
+
+
+class ServingModel(_HostServing):
     """A host CTR model in eval mode as ``(ids...) -> click probability``.
 
     Args:
@@ -99,11 +119,6 @@ class ServingModel(nn.Module):
         Click probabilities, float tensor of shape (B,).
     """
 
-    def __init__(self, host: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__()
-        self.host = host.eval()
-        self.spec = spec
-
     @property
     def input_names(self) -> tuple[str, ...]:
         return input_names(self.spec)
@@ -119,14 +134,7 @@ class ServingModel(nn.Module):
         session_cates: Tensor,
         *optional: Tensor,
     ) -> Tensor:
-        names = optional_input_names(self.spec)
-        if len(optional) != len(names):
-            raise ValueError(
-                f"expected {len(names)} input(s) after session_cates ({', '.join(names) or 'none'}: the spec has "
-                f"context_cardinalities={self.spec.context_cardinalities}, num_behaviors={self.spec.num_behaviors}), "
-                f"got {len(optional)}"
-            )
-        extra = dict(zip(names, optional))
+        extra = self._optional(optional, "session_cates")
         batch = CTRBatch(
             user=user,
             target_item=target_item,
@@ -184,7 +192,7 @@ def request_input_names(spec: FeatureSpec) -> tuple[str, ...]:
     return REQUEST_INPUT_NAMES + optional_input_names(spec)
 
 
-class RequestServingModel(nn.Module):
+class RequestServingModel(_HostServing):
     """A host in eval mode scoring one user against C candidates: the request form.
 
     The user's side (sessions, the fusion layer's session work, the user's sequence where the
@@ -204,11 +212,6 @@ class RequestServingModel(nn.Module):
         Click probabilities, float tensor of shape (C,).
     """
 
-    def __init__(self, host: nn.Module, spec: FeatureSpec) -> None:
-        super().__init__()
-        self.host = host.eval()
-        self.spec = spec
-
     @property
     def input_names(self) -> tuple[str, ...]:
         return request_input_names(self.spec)
@@ -224,10 +227,7 @@ class RequestServingModel(nn.Module):
         target_cate: Tensor,
         *optional: Tensor,
     ) -> Tensor:
-        names = optional_input_names(self.spec)
-        if len(optional) != len(names):
-            raise ValueError(f"expected {len(names)} input(s) after target_cate ({', '.join(names) or 'none'}), got {len(optional)}")
-        extra = dict(zip(names, optional))
+        extra = self._optional(optional, "target_cate")
         one_user = CTRBatch(
             user=user, target_item=user, target_cate=user, long_items=long_items, long_cates=long_cates,
             session_items=session_items, session_cates=session_cates, label=torch.zeros_like(user),

@@ -335,3 +335,25 @@ def test_plain_concat_recipe_builds_a_concat_without_projection(capsys) -> None:
               f"--model.init_args.host.init_args.fusion={RECIPES / 'fusion' / 'concat-plain.yaml'}", "--print_config"])
     fusion = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["host"]["init_args"]["fusion"]
     assert fusion["class_path"].endswith("ConcatFusion") and fusion["init_args"]["fusion_dim"] is None
+
+
+@pytest.mark.slow
+def test_serving_settings_change_at_test_time_from_the_command_line(in_tmp: Path) -> None:
+    """`test --ckpt_path` with other iFusion serving settings: the weights are the checkpoint's,
+    the eval path uses the settings given, and the metrics follow them."""
+    cli = run("fit", "twin.yaml")
+    best = cli.trainer.checkpoint_callback.best_model_path
+    fusion_option = "--model.init_args.host.init_args.fusion.init_args"
+    tested = {}
+    for t_start in (300, 1000):
+        again = run("test", "twin.yaml", f"--ckpt_path={best}", f"{fusion_option}.t_start={t_start}",
+                    f"{fusion_option}.gamma_cp=2.0", f"{fusion_option}.gamma_tf=1.0")
+        fusion = again.model.host.fusion
+        assert fusion.serving_settings.t_start == t_start and fusion.serving_settings.gamma_cp == 2.0
+        # ...and nothing else of the command line or the recipe was reset on the way.
+        assert again.trainer.limit_test_batches == 2 and again.model.host.embed_dim == 8
+        assert again.datamodule.batch_size == 32
+        saved = torch.load(best, weights_only=True)["state_dict"]
+        assert torch.equal(again.model.state_dict()["host.fusion.skip_gate"], saved["host.fusion.skip_gate"])
+        tested[t_start] = metrics_of(again, "test_logloss")["test_logloss"]
+    assert tested[300] != tested[1000]  # the setting reached the eval path

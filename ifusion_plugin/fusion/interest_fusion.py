@@ -7,8 +7,11 @@ session by session by the MARN denoiser. See docs/fusion.md.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import warnings
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +23,7 @@ from .guidance import GuidanceEncoder
 from .losses import consistency_loss, disentangle_loss, evolution_loss, last_present_index
 from .schedule import NoiseSchedule
 
-__all__ = ["InterestFusion"]
+__all__ = ["InterestFusion", "ServingSettings"]
 
 # |1 - gamma_cp - gamma_tf| below this counts as zero: YAML users write 0.6666667 and 0.3333333.
 _UNCOND_WEIGHT_TOLERANCE = 1e-6
@@ -51,6 +54,48 @@ def _non_negative(name: str, value: float) -> None:
 def _positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """What iFusion's eval path may change at call time (its constructor values are the defaults).
+
+    Attributes:
+        sampling_steps: reverse steps ``S``.
+        t_start: ``None`` (Algorithm 2, from ``t = T``) or the step serving starts from.
+        gamma_cp, gamma_tf: guidance scales (``cfg`` uses ``gamma_cp``).
+        stochastic_sampling: draw ``z`` (seeded by ``sampling_seed``) instead of ``z = 0``.
+        sampling_seed: seed of the evaluation generator.
+        generated_scale: multiplies the generated interest in ``fused = concat + gate * x0_hat``
+            (``0`` removes it: what it adds is then measurable; needs ``concat_skip``).
+        concat_skip: ``False`` returns the generated interest alone, bypassing the skip.
+    """
+
+    sampling_steps: int
+    t_start: Optional[int]
+    gamma_cp: float
+    gamma_tf: float
+    stochastic_sampling: bool = False
+    sampling_seed: int = 0
+    generated_scale: float = 1.0
+    concat_skip: bool = True
+
+
+def _check_serving(settings: ServingSettings, num_train_steps: int, has_skip: bool) -> None:
+    """Raise ``ValueError`` naming the setting, its value and what it may be."""
+    _positive_int("sampling_steps", settings.sampling_steps)
+    t_start = settings.t_start
+    if t_start is not None and (isinstance(t_start, bool) or not isinstance(t_start, int) or not 1 <= t_start <= num_train_steps):
+        raise ValueError(f"t_start must be None or an int in [1, num_train_steps={num_train_steps}], got {t_start!r}")
+    top = num_train_steps if t_start is None else t_start
+    if settings.sampling_steps > top:
+        raise ValueError(f"sampling_steps must be at most {top} (the start step), got {settings.sampling_steps}")
+    for name in ("gamma_cp", "gamma_tf", "generated_scale"):
+        _non_negative(name, getattr(settings, name))
+    if not isinstance(settings.sampling_seed, int) or isinstance(settings.sampling_seed, bool):
+        raise ValueError(f"sampling_seed must be an int, got {settings.sampling_seed!r}")
+    if not has_skip and (not settings.concat_skip or settings.generated_scale != 1.0):
+        raise ValueError("concat_skip and generated_scale act on the skip connection; this layer has concat_skip=False")
 
 
 class InterestFusion(FusionLayer):
@@ -252,6 +297,92 @@ class InterestFusion(FusionLayer):
         if concat_skip:
             self.skip = ConcatFusion(long_dim, session_dim, fusion_dim, validate_inputs=False)
             self.skip_gate = nn.Parameter(torch.zeros(fusion_dim))
+        # Set by serving(...) for its block; the constructor values otherwise.
+        self._override: Optional[ServingSettings] = None
+        self._samplers: dict[tuple, NoiseSchedule] = {}
+
+    # ------------------------------------------------------------------ serving settings
+    @property
+    def serving_settings(self) -> ServingSettings:
+        """The eval-path settings in force: the constructor values, or those of an enclosing
+        :meth:`serving` block."""
+        if self._override is not None:
+            return self._override
+        return ServingSettings(self.sampling_steps, self.t_start, self.gamma_cp, self.gamma_tf,
+                               self.stochastic_sampling, self.sampling_seed, 1.0, self.skip is not None)
+
+    def resolve_serving(self, **overrides: Any) -> ServingSettings:
+        """:attr:`serving_settings` with ``overrides`` (names of :class:`ServingSettings`), checked.
+
+        Raises:
+            ValueError: an unknown name (the valid ones listed) or an invalid value.
+        """
+        names = [f.name for f in dataclasses.fields(ServingSettings)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"unknown serving setting(s) {unknown}; valid: {names}")
+        settings = dataclasses.replace(self.serving_settings, **overrides)
+        _check_serving(settings, self.schedule.num_steps, self.skip is not None)
+        return settings
+
+    @contextlib.contextmanager
+    def serving(self, **overrides: Any) -> Iterator[ServingSettings]:
+        """Within the block the eval path (``forward`` in eval mode, the request form) uses
+        ``overrides`` of :class:`ServingSettings`: evaluate a trained layer at other settings
+        through its host, as lucidrains' ``cond_scale``, without touching the module::
+
+            with fusion.serving(t_start=100, gamma_cp=2.0, gamma_tf=1.0):
+                logits = host(batch).logits
+        """
+        previous = self._override
+        self._override = self.resolve_serving(**overrides)
+        try:
+            yield self._override
+        finally:
+            self._override = previous
+
+    def sample(
+        self,
+        h_long: Tensor,
+        h_sessions: Tensor,
+        session_mask: Optional[Tensor] = None,
+        long_mask: Optional[Tensor] = None,
+        **overrides: Any,
+    ) -> Tensor:
+        """The eval path (Algorithm 2, then the skip) with settings chosen at call time.
+
+        Args:
+            h_long, h_sessions, session_mask, long_mask: as ``forward``.
+            **overrides: any of :class:`ServingSettings` (``sampling_steps``, ``t_start``,
+                ``gamma_cp``, ``gamma_tf``, ``stochastic_sampling``, ``sampling_seed``,
+                ``generated_scale``, ``concat_skip``); the rest keep their constructor values.
+
+        Returns:
+            ``fused``, tensor of shape (B, fusion_dim).
+        """
+        with self.serving(**overrides):
+            was_training = self.training
+            self.eval()
+            try:
+                return self.forward(h_long, h_sessions, session_mask, long_mask).fused
+            finally:
+                self.train(was_training)
+
+    def _sampler(self, settings: ServingSettings, device: torch.device) -> NoiseSchedule:
+        """The respaced schedule of ``settings`` (the registered one for the constructor values)."""
+        if settings.sampling_steps == self.sampling_steps and settings.t_start == self.t_start:
+            return self.sampler
+        key = (settings.sampling_steps, settings.t_start, str(device))
+        if key not in self._samplers:
+            top = self.schedule.num_steps if settings.t_start is None else settings.t_start
+            self._samplers[key] = self.schedule.respace(settings.sampling_steps, start_step=top - 1).to(device)
+        return self._samplers[key]
+
+    def _output(self, linear: Optional[Tensor], generated: Tensor, settings: ServingSettings) -> Tensor:
+        """``fused`` from the skip's linear part and the generated interest (eval path)."""
+        if linear is None or not settings.concat_skip:
+            return generated
+        return linear + (settings.generated_scale * self.skip_gate.to(linear.dtype)) * generated
 
     # ------------------------------------------------------------------ pieces
     def _start(self, h_long: Tensor, long_mask: Optional[Tensor]) -> Tensor:
@@ -334,12 +465,19 @@ class InterestFusion(FusionLayer):
             self._combine(prefix, n, batch, gammas, combination, use_uncond, uncond_weight),
         )
 
+    def _gammas(self, branches: int) -> tuple[float, ...]:
+        """The guidance scales of ``branches`` branches: the settings in force (eval) or the
+        constructor's (training's Algorithm 1 combination)."""
+        settings = self.serving_settings if not self.training else None
+        gammas = (self.gamma_cp, self.gamma_tf) if settings is None else (settings.gamma_cp, settings.gamma_tf)
+        return gammas[:branches]
+
     def _passes(
         self, branches: list[tuple[Tensor, Tensor]], combination: str
     ) -> tuple[list[tuple[Tensor, Tensor]], tuple[float, ...], bool, float]:
         """The denoiser passes of one guided prediction: ``(passes, gammas, use_uncond, uncond_weight)``."""
         passes = list(branches)
-        gammas = (self.gamma_cp, self.gamma_tf)[: len(branches)]
+        gammas = self._gammas(len(branches))
         # eq. 14 rewritten as (1 - sum gamma) f_uncond + sum_j gamma_j f_j: the unconditional
         # pass is needed only when its weight is not zero.
         uncond_weight = 1.0 - sum(gammas)
@@ -403,12 +541,16 @@ class InterestFusion(FusionLayer):
         cond = x0 if self.long_condition else None
         if self.training:
             out = self._train_forward(x0, sessions, mask, guidance, cond)
-        else:
-            out = FusionOutput(fused=self._sample(x0, mask, guidance, cond))
-        if self.skip is not None:
+            if self.skip is not None:
+                linear = self.skip(h_long, h_sessions, session_mask, long_mask).fused
+                out.fused = linear + self.skip_gate.to(linear.dtype) * out.fused
+            return out
+        settings = self.serving_settings
+        generated = self._sample(x0, mask, guidance, cond)
+        linear = None
+        if self.skip is not None and settings.concat_skip:
             linear = self.skip(h_long, h_sessions, session_mask, long_mask).fused
-            out.fused = linear + self.skip_gate.to(linear.dtype) * out.fused
-        return out
+        return FusionOutput(fused=self._output(linear, generated, settings))
 
     def _train_forward(self, x0: Tensor, sessions: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> FusionOutput:
         batch, device = x0.shape[0], x0.device
@@ -464,8 +606,10 @@ class InterestFusion(FusionLayer):
         """Algorithm 2 over the respaced schedule; returns (B, d)."""
         branches = self._branches(guidance, mask, None)
 
+        sampler = self._sampler(self.serving_settings, x0.device)
+
         def predict(x: Tensor, local: Tensor, step: int) -> Tensor:
-            return self._guided(x, self.sampler.timestep_map[local], branches, cond, "inference")[0]
+            return self._guided(x, sampler.timestep_map[local], branches, cond, "inference")[0]
 
         return self._reverse(x0, predict)
 
@@ -473,26 +617,28 @@ class InterestFusion(FusionLayer):
         """The reverse steps from ``x0`` (B, d) (noised to ``t_start`` when set), with
         ``predict(x, local_step (B,), local_step as an int) -> x0_hat``; returns (B, d)."""
         batch = x0.shape[0]
+        settings = self.serving_settings
+        sampler = self._sampler(settings, x0.device)
         generator: Optional[torch.Generator] = None
-        if self.stochastic_sampling:
+        if settings.stochastic_sampling:
             generator = torch.Generator(device=x0.device)
-            generator.manual_seed(self.sampling_seed)
+            generator.manual_seed(settings.sampling_seed)
         x = x0
-        if self.t_start is not None:
-            start = torch.full((batch,), self.t_start - 1, dtype=torch.long, device=x0.device)
+        if settings.t_start is not None:
+            start = torch.full((batch,), settings.t_start - 1, dtype=torch.long, device=x0.device)
             start_noise = (
                 torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
                 if generator is not None
                 else torch.zeros_like(x0)
             )
             x = self.schedule.q_sample(x0, start, start_noise)
-        for i in reversed(range(self.sampler.num_steps)):
+        for i in reversed(range(sampler.num_steps)):
             local = torch.full((batch,), i, dtype=torch.long, device=x0.device)
             x0_hat = predict(x, local, i)
             z = None
             if generator is not None and i > 0:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = self.sampler.posterior_step(x0_hat, x, local, z)
+            x = sampler.posterior_step(x0_hat, x, local, z)
         return x
 
     # ------------------------------------------------------------------ request form
@@ -510,16 +656,17 @@ class InterestFusion(FusionLayer):
         sessions, mask = self._sessions(h_sessions, session_mask)
         branches = self._branches(self.encoder(sessions, mask), mask, None)
         passes = self._passes(branches, "inference")[0]
+        sampler = self._sampler(self.serving_settings, h_sessions.device)
         prepared: dict[str, Tensor] = {}
         for j, (g, m) in enumerate(passes):
             prepared[f"guidance.{j}"], prepared[f"mask.{j}"] = g, m
             if self.long_condition:
                 continue
-            for i in range(self.sampler.num_steps):
-                t = self.sampler.timestep_map[torch.full((g.shape[0],), i, dtype=torch.long, device=g.device)]
+            for i in range(sampler.num_steps):
+                t = sampler.timestep_map[torch.full((g.shape[0],), i, dtype=torch.long, device=g.device)]
                 for name, value in self.denoiser.precompute(t, g, m).items():
                     prepared[f"step.{i}.{j}.{name}"] = value
-        if self.skip is not None:
+        if self.skip is not None and self.serving_settings.concat_skip:
             prepared.update({f"skip.{k}": v for k, v in self.skip.prepare_sessions(h_sessions, session_mask).items()})
         return prepared
 
@@ -535,13 +682,15 @@ class InterestFusion(FusionLayer):
         while f"guidance.{j}" in prepared:
             passes.append((prepared[f"guidance.{j}"].expand(count, -1, -1), prepared[f"mask.{j}"].expand(count, -1)))
             j += 1
-        gammas = (self.gamma_cp, self.gamma_tf)[: 1 if self.guidance in ("none", "cfg") else 2]
+        gammas = self._gammas(1 if self.guidance in ("none", "cfg") else 2)
         uncond_weight = 1.0 - sum(gammas)
         use_uncond = len(passes) > len(gammas)
+        settings = self.serving_settings
+        sampler = self._sampler(settings, h_long.device)
 
         def predict(x: Tensor, local: Tensor, step: int) -> Tensor:
             if self.long_condition:
-                t = self.sampler.timestep_map[local]
+                t = sampler.timestep_map[local]
                 outs = [self.denoiser(x, t, g, m, x0) for g, m in passes]
             else:
                 outs = []
@@ -552,12 +701,12 @@ class InterestFusion(FusionLayer):
             stacked = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
             return self._combine(stacked, len(outs), count, gammas, "inference", use_uncond, uncond_weight)
 
-        fused = self._reverse(x0, predict)
-        if self.skip is not None:
+        generated = self._reverse(x0, predict)
+        linear = None
+        if self.skip is not None and settings.concat_skip:
             skip_prepared = {k[len("skip."):]: v for k, v in prepared.items() if k.startswith("skip.")}
             linear = self.skip.fuse_prepared(h_long, skip_prepared, long_mask)
-            fused = linear + self.skip_gate.to(linear.dtype) * fused
-        return fused
+        return self._output(linear, generated, settings)
 
     def extra_repr(self) -> str:
         return (

@@ -497,3 +497,39 @@ def test_scales_that_extrapolate_at_serving_warn(options):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make(**options, train_combination="inference")  # trains on what is served: no warning
+
+
+def test_serving_settings_at_call_time_equal_a_module_built_with_them() -> None:
+    """`sample(..., **settings)` and `with serving(...)` give what a layer constructed with those
+    settings gives on the same weights; the constructor values come back after the block."""
+    torch.manual_seed(0)
+    trained = InterestFusion(24, 16, 32, num_heads=4).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    h_long, h_sessions = torch.randn(5, 24), torch.randn(5, 3, 16)
+    settings = dict(t_start=200, sampling_steps=3, gamma_cp=2.0, gamma_tf=1.0, stochastic_sampling=True, sampling_seed=4)
+    with pytest.warns(UserWarning, match="extrapolates"):
+        built = InterestFusion(24, 16, 32, num_heads=4, **settings).eval()
+    built.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        expected = built(h_long, h_sessions).fused
+        default = trained(h_long, h_sessions).fused
+        torch.testing.assert_close(trained.sample(h_long, h_sessions, **settings), expected)
+        with trained.serving(**settings) as active:
+            assert active.t_start == 200 and trained.serving_settings.sampling_steps == 3
+            torch.testing.assert_close(trained(h_long, h_sessions).fused, expected)
+        assert trained.serving_settings.t_start is None and trained.serving_settings.sampling_steps == 1
+        torch.testing.assert_close(trained(h_long, h_sessions).fused, default)
+        assert not torch.allclose(expected, default)
+        # The generated interest removed leaves the skip's concat; bypassing the skip leaves it alone.
+        torch.testing.assert_close(trained.sample(h_long, h_sessions, generated_scale=0.0), trained.skip(h_long, h_sessions).fused)
+        generated = trained.sample(h_long, h_sessions, concat_skip=False)
+        torch.testing.assert_close(default, trained.skip(h_long, h_sessions).fused + trained.skip_gate * generated)
+    with pytest.raises(ValueError, match=r"unknown serving setting\(s\) \['t_strat'\]; valid: \['sampling_steps', 't_start'"):
+        trained.sample(h_long, h_sessions, t_strat=10)
+    with pytest.raises(ValueError, match=r"sampling_steps must be at most 2 \(the start step\), got 3"):
+        trained.sample(h_long, h_sessions, t_start=2, sampling_steps=3)
+    with pytest.raises(ValueError, match="this layer has concat_skip=False"):
+        InterestFusion(24, 16, 32, num_heads=4, concat_skip=False).sample(h_long, h_sessions, generated_scale=0.0)
+    assert trained.serving_settings.t_start is None  # a failed call changes nothing
