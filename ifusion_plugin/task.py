@@ -7,6 +7,7 @@ already-built module), the data arrive as :class:`~ifusion_plugin.batch.CTRBatch
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
@@ -172,25 +173,66 @@ class CTRTask(pl.LightningModule):
         return out
 
     # ------------------------------------------------------------------ exact resumption
-    # iFusion draws diffusion steps, noises and guidance dropout from torch's global generator.
-    # Its state goes into every checkpoint and is put back just before the first batch a
-    # resumed run trains, so a run restarted mid-epoch repeats the uninterrupted run exactly
-    # (the loaders' positions are restored by Lightning, see CTRDataModule).
-    _RNG_KEY = "ifusion_torch_rng_state"
+    # iFusion draws diffusion steps, noises and guidance dropout from torch's default generator
+    # of the model's device: the CPU one, and on a GPU that device's CUDA generator. Every
+    # process's states go into every checkpoint (gathered: under DDP each rank draws its own
+    # numbers) and each process puts its own back just before the first batch a resumed run
+    # trains, so a run restarted mid-epoch repeats the uninterrupted run exactly (the loaders'
+    # positions are restored by Lightning, see CTRDataModule).
+    _RNG_KEY = "ifusion_rng_states"
+    _LEGACY_RNG_KEY = "ifusion_torch_rng_state"  # checkpoints before CUDA states: the CPU state alone
+
+    def _rng_state(self) -> dict[str, Tensor]:
+        """This process's generator states: ``cpu``, and ``cuda`` when the model is on a GPU."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[self._RNG_KEY] = torch.get_rng_state()
+        local = self._rng_state()
+        states = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # Lightning builds the checkpoint on every rank and rank 0 writes it.
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, {k: v.cpu() for k, v in local.items()})
+            states = gathered
+        checkpoint[self._RNG_KEY] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng_state = checkpoint.get(self._RNG_KEY)
+        states = checkpoint.get(self._RNG_KEY)
+        if states is None and checkpoint.get(self._LEGACY_RNG_KEY) is not None:
+            states = [{"cpu": checkpoint[self._LEGACY_RNG_KEY]}]
+        self._pending_rng_states = states
 
     def on_train_batch_start(self, batch: CTRBatch, batch_idx: int) -> None:
         # Here, not in on_load_checkpoint: between the two, Lightning creates data loader
         # iterators (each draws a seed from the global generator) and may run validation.
-        state = getattr(self, "_pending_rng_state", None)
-        if state is not None:
-            torch.set_rng_state(state)
-            self._pending_rng_state = None
+        states = getattr(self, "_pending_rng_states", None)
+        if states is None:
+            return
+        self._pending_rng_states = None
+        rank, world = self.global_rank, self.trainer.world_size
+        if len(states) != world:
+            warnings.warn(
+                f"resuming with {world} process(es) from a checkpoint written by {len(states)}: the random streams "
+                "of the diffusion (steps, noises, guidance dropout) continue from rank 0's state, so the run will "
+                "not repeat the uninterrupted one exactly",
+                UserWarning,
+                stacklevel=2,
+            )
+        state = states[rank if rank < len(states) else 0]
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+        elif "cuda" in state or self.device.type == "cuda":
+            warnings.warn(
+                f"the checkpoint's generator states are for {'a GPU' if 'cuda' in state else 'the CPU'} and this run "
+                f"is on {self.device.type}: the diffusion's random stream starts afresh, so the run will not repeat "
+                "the uninterrupted one exactly",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)

@@ -3,7 +3,7 @@ the process (SIGKILL, no clean-up) at a given step, or resume from a checkpoint.
 
 Run by tests/test_resume.py:
 
-    python tests/scripts/resume_fit.py OUT CACHE_DIR [--kill-at STEP] [--resume CKPT]
+    python tests/scripts/resume_fit.py OUT CACHE_DIR [--kill-at STEP] [--resume CKPT] [--accelerator gpu]
 
 Writes ``OUT/final.pt``: the model and optimizer state dicts and the global step at the end.
 """
@@ -29,6 +29,13 @@ MAX_EPOCHS = 2
 CHECKPOINT_EVERY = 5
 
 
+def make_task(spec) -> CTRTask:
+    """DIN + a small iFusion. A built host (not a factory) keeps the checkpoint's
+    hyperparameters weights_only-safe, like the CLI's class_path configs."""
+    fusion = functools.partial(InterestFusion, fusion_dim=8, num_heads=2, denoiser_hidden_dim=16, guidance_hidden_dim=16)
+    return CTRTask(DIN(spec, embed_dim=8, head_dims=(16,), fusion=fusion))
+
+
 class KillAt(pl.Callback):
     """SIGKILL the process at the end of training step ``step`` (a crash: nothing is flushed)."""
 
@@ -46,21 +53,19 @@ def main() -> None:
     parser.add_argument("cache_dir")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, or gpu for the CUDA resume test")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0)
     data = SyntheticDataModule(cache_dir=args.cache_dir, **DATA_OPTIONS)
-    # A built host (not a factory) keeps the checkpoint's hyperparameters weights_only-safe,
-    # like the CLI's class_path configs.
-    fusion = functools.partial(InterestFusion, fusion_dim=8, num_heads=2, denoiser_hidden_dim=16, guidance_hidden_dim=16)
-    task = CTRTask(DIN(data.feature_spec, embed_dim=8, head_dims=(16,), fusion=fusion))
+    task = make_task(data.feature_spec)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=os.path.join(args.out, "checkpoints"), every_n_train_steps=CHECKPOINT_EVERY,
                         save_top_k=-1, save_last=True)
     ]
     if args.kill_at is not None:
         callbacks.insert(0, KillAt(args.kill_at))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=MAX_EPOCHS, logger=False, callbacks=callbacks,
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=1, max_epochs=MAX_EPOCHS, logger=False, callbacks=callbacks,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=args.out,
                          num_sanity_val_steps=2)
     trainer.fit(task, datamodule=data, ckpt_path=args.resume)
