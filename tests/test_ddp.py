@@ -25,7 +25,7 @@ from ddp_fit import DATA_OPTIONS, make_task  # noqa: E402
 
 
 def test_batch_sampler_partitions_each_split_by_rank(tmp_path, monkeypatch) -> None:
-    from ifusion_plugin.data.datamodule import _RangeBatchSampler
+    from ifusion_plugin.data.loading import _RangeBatchSampler
 
     for shuffle in (False, True):
         seen = []

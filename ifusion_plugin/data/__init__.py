@@ -1,18 +1,15 @@
 """Data sources, the Arrow cache and the LightningDataModules (imports lightning and datasets)."""
 
-from .datamodule import (
-    AmazonBooksDIENDataModule,
-    AmazonGroceryDataModule,
-    CTRDataModule,
-    MovieLens1MDataModule,
-    SyntheticDataModule,
-    TaobaoDataModule,
-    build_ctr_samples,
-)
+from .amazon_books_dien import AmazonBooksDIENDataModule
+from .amazon_grocery import AmazonGroceryDataModule
 from .amazon_reviews import AmazonReviewsDataModule
-from .movielens import MovieLensDataModule
+from .datamodule import CTRDataModule
+from .movielens import MovieLens1MDataModule, MovieLensDataModule
+from .protocol import build_ctr_samples
 from .sequences import SequenceOptions, split_history
+from .synthetic import SyntheticDataModule
 from .table_datamodule import TableDataModule
+from .taobao import TaobaoDataModule
 
 __all__ = [
     "AmazonBooksDIENDataModule",

@@ -19,15 +19,14 @@ from typing import Literal, Optional
 import numpy as np
 import pyarrow as pa
 
-from .datamodule import (
-    CTRDataModule,
+from .datamodule import CTRDataModule
+from .logs import OnBadLine, iter_literal_lines, read_json_lines
+from .protocol import (
     NegativeSampling,
-    OnBadLine,
     _sequences_from_log,
     build_ctr_samples,
     check_negative_sampling,
 )
-from .logs import iter_literal_lines, read_json_lines
 from .vocabulary import Vocabulary
 
 __all__ = ["AmazonReviewsDataModule", "item_category"]

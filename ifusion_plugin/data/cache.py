@@ -23,7 +23,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Dataset, Features, Sequence as HFSequence, Value, load_from_disk
+from datasets import Dataset, Features, Value, load_from_disk
+from datasets import Sequence as HFSequence
 
 from ..batch import FeatureSpec
 from .vocabulary import Vocabularies

@@ -179,3 +179,43 @@ def iter_literal_lines(path: str, on_bad_line: OnBadLine = "error",
             yield record
     if skipped:
         log.warning("skipped %d malformed line(s) in %s", skipped, path)
+
+
+def _bad(path: str, lineno: int, what: str, policy: str, counter: list[int]) -> None:
+    if policy == "error":
+        raise ValueError(f"{path}:{lineno}: {what}")
+    counter[0] += 1
+
+
+def _report_skips(path: str, count: int) -> None:
+    if count:
+        log.warning("skipped %d malformed line(s) in %s", count, path)
+
+
+def _read_int_table(path: str, sep: str, ncols: int, header: Optional[list[str]], policy: str,
+                    keep: Optional[callable] = None, int_cols: Optional[Sequence[int]] = None) -> list[list]:
+    """Rows of ``ncols`` fields; ``int_cols`` are parsed as ints; bad lines raise or are counted."""
+    rows, skipped = [], [0]
+    int_cols = range(ncols) if int_cols is None else int_cols
+    with open(path, encoding="utf-8") as f:
+        start = 1
+        if header is not None:
+            got = f.readline().rstrip("\n").split(sep)
+            if got != header:
+                raise ValueError(f"{path}:1: expected header {header!r}, got {got!r}")
+            start = 2
+        for lineno, line in enumerate(f, start=start):
+            parts = line.rstrip("\r\n").split(sep)
+            if len(parts) != ncols:
+                _bad(path, lineno, f"expected {ncols} fields separated by {sep!r}, got {len(parts)}", policy, skipped)
+                continue
+            try:
+                for c in int_cols:
+                    parts[c] = int(parts[c])
+            except ValueError as e:
+                _bad(path, lineno, f"non-integer field ({e})", policy, skipped)
+                continue
+            if keep is None or keep(parts):
+                rows.append(parts)
+    _report_skips(path, skipped[0])
+    return rows

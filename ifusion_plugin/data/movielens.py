@@ -16,17 +16,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .datamodule import (
-    CTRDataModule,
+from .datamodule import CTRDataModule
+from .logs import OnBadLine, _bad, _report_skips, read_delimited
+from .protocol import (
     NegativeSampling,
-    OnBadLine,
     _sequences_from_log,
     build_ctr_samples,
     check_negative_sampling,
 )
-from .logs import read_delimited
 
-__all__ = ["ML100K_GENRES", "MovieLensDataModule"]
+__all__ = ["ML100K_GENRES", "MovieLens1MDataModule", "MovieLensDataModule"]
 
 #: The 19 genre flags of ml-100k's ``u.item``, in file order (its ``u.genre``).
 ML100K_GENRES = (
@@ -144,5 +143,101 @@ class MovieLensDataModule(CTRDataModule):
             raise ValueError(f"{self._raw_files()[0]}: no ratings >= min_rating={self.min_rating}")
         users, seqs, times = _sequences_from_log(*(ratings[c].to_numpy() for c in ("user", "item", "time")))
         return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed, times=times,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position,
+                                 negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
+
+
+class MovieLens1MDataModule(CTRDataModule):
+    """MovieLens-1M from ``root/sequences.tsv`` (``user_id<TAB>movie_ids``, comma-separated,
+    oldest first) and ``root/movies.dat`` (``id::title::genres``; category = first genre).
+    Sessions are chunks (no timestamps)."""
+
+    DOWNLOAD = (
+        "movies.dat is in https://files.grouplens.org/datasets/movielens/ml-1m.zip; sequences.tsv is its "
+        "ratings.dat as one line per user, 'user_id<TAB>movie ids oldest first' (comma-separated)"
+    )
+
+    def __init__(
+        self,
+        root: str = "movielens-1m",
+        train_per_user: int = 20,
+        min_train_position: int = 20,
+        long_len: int = 100,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "chunk",
+        session_gap_seconds: float = 86_400.0,
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: Optional[str] = None,
+        on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
+        test_per_user: int = 1,
+    ) -> None:
+        if session_split != "chunk":
+            raise ValueError("MovieLens-1M here has no timestamps: session_split must be 'chunk'")
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
+        self.test_per_user = test_per_user
+        self.root = root
+        self.train_per_user = train_per_user
+        self.min_train_position = min_train_position
+
+    def _source_name(self) -> str:
+        return "movielens-1m"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "sequences.tsv"), os.path.join(self.root, "movies.dat")]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position,
+                "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
+
+    def read(self) -> tuple[list[int], list[np.ndarray], dict[int, int]]:
+        """Users, sequences and movie -> first-genre id (1.. in sorted genre-name order)."""
+        seq_path, movies_path = self._raw_files()
+        users, seqs, skipped = [], [], [0]
+        with open(seq_path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            if header != ["user_id", "movie_ids"]:
+                raise ValueError(f"{seq_path}:1: expected header 'user_id<TAB>movie_ids', got {header!r}")
+            for lineno, line in enumerate(f, start=2):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 2:
+                    _bad(seq_path, lineno, f"expected 2 tab-separated fields, got {len(parts)}", self.on_bad_line, skipped)
+                    continue
+                try:
+                    u = int(parts[0])
+                    ids = np.array([int(x) for x in parts[1].split(",")], dtype=np.int64)
+                except ValueError as e:
+                    _bad(seq_path, lineno, f"non-integer id ({e})", self.on_bad_line, skipped)
+                    continue
+                users.append(u)
+                seqs.append(ids)
+        _report_skips(seq_path, skipped[0])
+        first_genre: dict[int, str] = {}
+        skipped = [0]
+        with open(movies_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                parts = line.rstrip("\n").split("::")
+                if len(parts) != 3 or not parts[0].strip().isdigit():
+                    _bad(movies_path, lineno, "expected 'movie_id::title::genres'", self.on_bad_line, skipped)
+                    continue
+                first_genre[int(parts[0])] = parts[2].split("|")[0]
+        _report_skips(movies_path, skipped[0])
+        genre_id = {g: i + 1 for i, g in enumerate(sorted(set(first_genre.values())))}
+        return users, seqs, {m: genre_id[g] for m, g in first_genre.items()}
+
+    def _build(self):
+        users, seqs, cate_of = self.read()
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
                                  train_per_user=self.train_per_user, min_train_position=self.min_train_position,
                                  negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)

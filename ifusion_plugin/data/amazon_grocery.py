@@ -1,0 +1,80 @@
+"""Amazon Grocery as ReChorus ships it (``interactions.tsv`` + ``item_category.tsv``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Optional
+
+import numpy as np
+
+from .datamodule import CTRDataModule
+from .logs import OnBadLine, _read_int_table
+from .protocol import (
+    NegativeSampling,
+    _sequences_from_log,
+    build_ctr_samples,
+    check_negative_sampling,
+)
+
+__all__ = ["AmazonGroceryDataModule"]
+
+
+class AmazonGroceryDataModule(CTRDataModule):
+    """Amazon Grocery (ReChorus copy): ``root/interactions.tsv`` (``user_id, item_id, time``,
+    unix seconds) and ``root/item_category.tsv`` (``item_id, i_category``). ``time_gap``
+    sessions use ``session_gap_days``. Same protocol as MovieLens; ``min_train_position``
+    defaults to 1 because histories are short (median 5)."""
+
+    DOWNLOAD = (
+        "ReChorus's Grocery_and_Gourmet_Food (https://github.com/THUwangcy/ReChorus, data/): "
+        "interactions.tsv and item_category.tsv"
+    )
+
+    def __init__(
+        self,
+        root: str = "amazon-grocery",
+        train_per_user: int = 20,
+        min_train_position: int = 1,
+        session_gap_days: float = 1.0,
+        long_len: int = 50,
+        num_sessions: int = 4,
+        session_len: int = 5,
+        session_split: Literal["chunk", "time_gap"] = "time_gap",
+        long_includes_short: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        cache_dir: Optional[str] = None,
+        on_bad_line: OnBadLine = "error",
+        negative_sampling: NegativeSampling = "uniform",
+        test_per_user: int = 1,
+    ) -> None:
+        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
+                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        check_negative_sampling(negative_sampling)
+        self.negative_sampling = negative_sampling
+        self.test_per_user = test_per_user
+        self.root, self.train_per_user, self.min_train_position = root, train_per_user, min_train_position
+
+    def _source_name(self) -> str:
+        return "amazon-grocery"
+
+    def _raw_files(self) -> list[str]:
+        return [os.path.join(self.root, "interactions.tsv"), os.path.join(self.root, "item_category.tsv")]
+
+    def _content_options(self) -> dict[str, object]:
+        return {"train_per_user": self.train_per_user, "min_train_position": self.min_train_position,
+                "negative_sampling": self.negative_sampling,
+                "test_per_user": self.test_per_user}
+
+    def _build(self):
+        inter, cats = self._raw_files()
+        rows = np.array(_read_int_table(inter, "\t", 3, ["user_id", "item_id", "time"], self.on_bad_line), dtype=np.int64).reshape(-1, 3)
+        cate_rows = _read_int_table(cats, "\t", 2, ["item_id", "i_category"], self.on_bad_line)
+        users, seqs, times = _sequences_from_log(rows[:, 0], rows[:, 1], rows[:, 2])
+        return build_ctr_samples(users, seqs, {i: c for i, c in cate_rows}, self.sequence_options, seed=self.seed,
+                                 train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times,
+                                 negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)
