@@ -3,7 +3,7 @@
 ``GroupAUC`` and ``LogLoss`` are torchmetrics ``Metric`` s, so Lightning accumulates them over
 an epoch and syncs them across processes (DDP) before ``compute``. ``GroupAUC`` keeps every
 prediction (its states are lists reduced by ``cat``), because a per-user AUC cannot be built
-from per-batch partial sums; ``LogLoss`` keeps two sums. AUC itself is torchmetrics'
+from per-batch partial sums; ``LogLoss`` is torchmetrics' ``MeanMetric`` of per-sample losses. AUC itself is torchmetrics'
 ``BinaryAUROC`` and is re-exported here so a task imports all its metrics from one place.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
@@ -109,16 +110,17 @@ def log_loss(preds: Tensor, target: Tensor, *, from_logits: bool = False, eps: f
     Returns:
         Scalar float tensor.
     """
-    return _log_loss_sum(preds, target, from_logits=from_logits, eps=eps) / max(preds.numel(), 1)
+    return _log_losses(preds, target, from_logits=from_logits, eps=eps).sum() / max(preds.numel(), 1)
 
 
-def _log_loss_sum(preds: Tensor, target: Tensor, *, from_logits: bool, eps: float) -> Tensor:
+def _log_losses(preds: Tensor, target: Tensor, *, from_logits: bool, eps: float) -> Tensor:
+    """Per-sample binary cross-entropy in float64, shape ``(N,)``."""
     preds = preds.detach().to(torch.float64)
     target = target.detach().to(torch.float64)
     if from_logits:
-        return torch.nn.functional.binary_cross_entropy_with_logits(preds, target, reduction="sum")
+        return torch.nn.functional.binary_cross_entropy_with_logits(preds, target, reduction="none")
     probs = preds.clamp(eps, 1.0 - eps)
-    return -(target * probs.log() + (1.0 - target) * (1.0 - probs).log()).sum()
+    return -(target * probs.log() + (1.0 - target) * (1.0 - probs).log())
 
 
 def rela_impr(auc: float, base_auc: float) -> float:
@@ -197,21 +199,25 @@ class GroupAUC(Metric):
         return group_auc(dim_zero_cat(self.preds), dim_zero_cat(self.target), dim_zero_cat(self.groups))
 
 
-class LogLoss(Metric):
+class LogLoss(MeanMetric):
     """Mean binary cross-entropy (log loss) accumulated over batches; see :func:`log_loss`.
+
+    torchmetrics' :class:`~torchmetrics.aggregation.MeanMetric` does the accumulation (a
+    weighted sum and a count, reduced with ``sum`` under DDP, no samples kept), in float64 so
+    that millions of small terms add up exactly enough.
 
     Args:
         from_logits: ``update`` receives logits instead of probabilities (numerically stable).
         eps: probability clipping when not ``from_logits``.
         validate_args: check shapes and label values on every ``update``.
-        kwargs: passed to :class:`torchmetrics.Metric`.
+        kwargs: passed to :class:`torchmetrics.aggregation.MeanMetric`.
 
     Call arguments (``update``):
         preds: tensor of shape ``(N,)``.
         target: tensor of shape ``(N,)`` with values in {0, 1}.
 
     Returns (``compute``):
-        Scalar float64 tensor.
+        Scalar float64 tensor (NaN before any update).
 
     Example:
         >>> metric = LogLoss()
@@ -224,9 +230,6 @@ class LogLoss(Metric):
     higher_is_better = False
     full_state_update = False
 
-    total: Tensor
-    count: Tensor
-
     def __init__(self, from_logits: bool = False, eps: float = 1e-7, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 < eps < 0.5:
@@ -234,15 +237,9 @@ class LogLoss(Metric):
         self.from_logits = from_logits
         self.eps = eps
         self.validate_args = validate_args
-        # Two sums are enough: DDP reduces them with "sum", no samples are kept.
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.set_dtype(torch.float64)
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         if self.validate_args:
             _check_inputs(preds, target)
-        self.total += _log_loss_sum(preds, target, from_logits=self.from_logits, eps=self.eps).to(self.total.device)
-        self.count += preds.numel()
-
-    def compute(self) -> Tensor:
-        return self.total / self.count.clamp_min(1.0)
+        super().update(_log_losses(preds, target, from_logits=self.from_logits, eps=self.eps).to(self.mean_value.device))
