@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from ..batch import FIRST_ID, OOV_ID, PAD_ID
 from .logs import OnBadLine, read_delimited
-from .sequences import SequenceOptions, split_history
+from .sequences import SequenceOptions, split_histories, split_history
 from .vocabulary import Vocabularies, Vocabulary
 
 __all__ = [
@@ -272,23 +272,29 @@ def _first_row(flags: pa.ChunkedArray | pa.Array) -> int:
     return int(np.flatnonzero(pc.fill_null(flags, False).to_numpy(zero_copy_only=False))[0])
 
 
+def _joined(*columns: "pa.Array | pa.ChunkedArray") -> pa.ChunkedArray:
+    """The columns one after the other, their chunks reused (``pa.chunked_array`` given a
+    ChunkedArray converts it value by value through Python: seconds per million values)."""
+    chunks = [chunk for column in columns for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column])]
+    return pa.chunked_array(chunks, type=chunks[0].type if chunks else None)
+
+
 def build_vocabularies(train: pa.Table, context_columns: Sequence[str] = ()) -> TableVocabularies:
     """Vocabularies from the train split: candidates and histories share the item space."""
     for name in context_columns:
         if name not in train.column_names:
             raise ValueError(f"context_columns names {name!r}, which the table does not have (columns: {train.column_names})")
-    items = pa.chunked_array(
-        [train["item_id"].combine_chunks(), pc.list_flatten(train["item_history"]).cast(train["item_id"].type)]
-    )
+    history = pc.list_flatten(train["item_history"]).cast(train["item_id"].type)
+    items = _joined(train["item_id"], history)
     cates = catalogue = None
     if "cate_id" in train.column_names:
-        parts = [train["cate_id"].combine_chunks()]
-        paired_items = [train["item_id"].combine_chunks()]
+        parts = [train["cate_id"]]
+        paired_items = [train["item_id"]]
         if "cate_history" in train.column_names:
             parts.append(pc.list_flatten(train["cate_history"]).cast(train["cate_id"].type))
-            paired_items.append(pc.list_flatten(train["item_history"]).cast(train["item_id"].type))
-        cates = Vocabulary(pa.chunked_array(parts))
-        catalogue = Vocabularies.catalogue(pa.chunked_array(paired_items), pa.chunked_array(parts))
+            paired_items.append(history)
+        cates = Vocabulary(_joined(*parts))
+        catalogue = Vocabularies.catalogue(_joined(*paired_items), _joined(*parts))
     return Vocabularies(
         users=Vocabulary(train["user_id"]),
         items=Vocabulary(items),
@@ -349,26 +355,15 @@ def encode_table(
     elif long_behaviors is not None or session_behaviors is not None:
         raise ValueError("long_behaviors / session_behaviors need a 'behavior_history' column; the table has none")
 
-    long_items = np.zeros((rows, options.long_len), dtype=np.int64)
-    long_cates = np.zeros_like(long_items)
-    session_items = np.zeros((rows, options.num_sessions, options.session_len), dtype=np.int64)
-    session_cates = np.zeros_like(session_items)
-    session_behavior_ids = None if flat_behaviors is None else np.zeros_like(session_items)
-    for row in range(rows):
-        begin, end = offsets[row], offsets[row + 1]
-        parts = split_history(
-            flat_items[begin:end],
-            flat_cates[begin:end],
-            options,
-            times=None if flat_times is None else flat_times[begin:end],
-            behaviors=None if flat_behaviors is None else flat_behaviors[begin:end],
-            in_long=None if flat_in_long is None else flat_in_long[begin:end],
-            in_sessions=None if flat_in_sessions is None else flat_in_sessions[begin:end],
-        )
-        long_items[row], long_cates[row] = parts.long_items, parts.long_cates
-        session_items[row], session_cates[row] = parts.session_items, parts.session_cates
-        if session_behavior_ids is not None:
-            session_behavior_ids[row] = parts.session_behaviors
+    if options.session_split == "chunk" and flat_in_long is None and flat_in_sessions is None:
+        # The common case, vectorised over all rows (no Python loop per row).
+        parts = split_histories(flat_items, flat_cates, offsets, options, flat_behaviors)
+        long_items, long_cates = parts["long_items"], parts["long_cates"]
+        session_items, session_cates = parts["session_items"], parts["session_cates"]
+        session_behavior_ids = parts.get("session_behaviors")
+    else:
+        long_items, long_cates, session_items, session_cates, session_behavior_ids = _split_rows(
+            rows, offsets, flat_items, flat_cates, flat_times, flat_behaviors, flat_in_long, flat_in_sessions, options)
 
     if vocabularies.cates is not None and "cate_id" in table.column_names:
         target_cate = vocabularies.cates.encode(table["cate_id"])
@@ -392,6 +387,41 @@ def encode_table(
         columns["session_behaviors"] = session_behavior_ids
     assert PAD_ID == 0  # the zero-initialised arrays above rely on it
     return columns
+
+
+def _split_rows(
+    rows: int,
+    offsets: np.ndarray,
+    flat_items: np.ndarray,
+    flat_cates: np.ndarray,
+    flat_times: Optional[np.ndarray],
+    flat_behaviors: Optional[np.ndarray],
+    flat_in_long: Optional[np.ndarray],
+    flat_in_sessions: Optional[np.ndarray],
+    options: SequenceOptions,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """:func:`split_history` row by row: time-gap sessions and behaviour filters."""
+    long_items = np.zeros((rows, options.long_len), dtype=np.int64)
+    long_cates = np.zeros_like(long_items)
+    session_items = np.zeros((rows, options.num_sessions, options.session_len), dtype=np.int64)
+    session_cates = np.zeros_like(session_items)
+    session_behavior_ids = None if flat_behaviors is None else np.zeros_like(session_items)
+    for row in range(rows):
+        begin, end = offsets[row], offsets[row + 1]
+        parts = split_history(
+            flat_items[begin:end],
+            flat_cates[begin:end],
+            options,
+            times=None if flat_times is None else flat_times[begin:end],
+            behaviors=None if flat_behaviors is None else flat_behaviors[begin:end],
+            in_long=None if flat_in_long is None else flat_in_long[begin:end],
+            in_sessions=None if flat_in_sessions is None else flat_in_sessions[begin:end],
+        )
+        long_items[row], long_cates[row] = parts.long_items, parts.long_cates
+        session_items[row], session_cates[row] = parts.session_items, parts.session_cates
+        if session_behavior_ids is not None:
+            session_behavior_ids[row] = parts.session_behaviors
+    return long_items, long_cates, session_items, session_cates, session_behavior_ids
 
 
 def _member(values: pa.Array, allowed: Optional[Sequence[object]]) -> Optional[np.ndarray]:

@@ -166,3 +166,30 @@ def test_test_per_user_takes_the_last_positions():
         assert set(train.tolist()).isdisjoint(seq[-4:].tolist())
     with pytest.raises(ValueError, match="test_per_user must be a positive int, got 0"):
         build_ctr_samples(users, seqs, cate_of, OPTS, seed=0, test_per_user=0)
+
+
+@pytest.mark.parametrize("long_includes_short", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3, 2), (1, 1, 1), (20, 4, 5)])
+def test_vectorised_split_equals_the_per_row_split(shape, long_includes_short) -> None:
+    """split_histories over ragged rows (empty ones included) equals split_history row by row."""
+    from ifusion_plugin.data.sequences import split_histories
+
+    long_len, num_sessions, session_len = shape
+    options = SequenceOptions(long_len=long_len, num_sessions=num_sessions, session_len=session_len,
+                              long_includes_short=long_includes_short)
+    rng = np.random.default_rng(sum(shape))
+    lengths = rng.integers(0, 40, 50)
+    lengths[:3] = [0, 1, num_sessions * session_len]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = rng.integers(2, 1000, offsets[-1])
+    cates, behaviors = items % 7 + 2, items % 3 + 2
+    # A slice of a larger buffer, as encode_table passes it.
+    parts = split_histories(np.concatenate([[5, 5], items]), np.concatenate([[5, 5], cates]), offsets + 2, options,
+                            np.concatenate([[5, 5], behaviors]))
+    for row in range(len(lengths)):
+        a, b = offsets[row], offsets[row + 1]
+        expected = split_history(items[a:b], cates[a:b], options, behaviors=behaviors[a:b])
+        for name in ("long_items", "long_cates", "session_items", "session_cates", "session_behaviors"):
+            np.testing.assert_array_equal(parts[name][row], getattr(expected, name), err_msg=f"row {row} {name}")
+    with pytest.raises(ValueError, match="handles session_split='chunk', got 'time_gap'"):
+        split_histories(items, cates, offsets, SequenceOptions(session_split="time_gap"))

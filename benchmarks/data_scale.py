@@ -1,0 +1,154 @@
+"""Data at scale: how fast a prepared sample table of N rows becomes the training cache, what it
+costs on disk and in memory, and whether the loader keeps up with TWIN's training step.
+
+Generates N rows in the table format (docs/table.md; Parquet shards per split, integer ids,
+histories of lognormal length with median ``--median-history``), then in a fresh process
+builds the ``TableDataModule`` cache (vocabularies + encoding) and reads one training epoch
+prefix. Reports against the targets of the data issue (issue 12 item 3):
+
+- rows/s to prepare in one process (target >= 200,000),
+- bytes per row of the cache on disk (target <= 800),
+- peak RSS of the preparing process (target <= 4 GiB),
+- loader samples/s against TWIN + concat's training samples/s on the same batch (target >= 3x).
+
+    python -m benchmarks.data_scale --rows 2000000 --out /tmp/data_scale      # the issue's size
+    python -m benchmarks.data_scale --rows 20000 --out /tmp/ds --quick          # seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TARGETS = {"prepare_rows_per_s": 200_000, "disk_bytes_per_row": 800, "peak_rss_gib": 4.0, "loader_vs_twin": 3.0}
+
+
+def write_table(root: Path, rows: int, median_history: int, items: int, users: int, seed: int = 0,
+                rows_per_shard: int = 250_000) -> None:
+    """``root/{train,valid,test}/part-*.parquet``: 90 / 5 / 5 % of ``rows`` rows."""
+    rng = np.random.default_rng(seed)
+    for split, share in (("train", 0.9), ("valid", 0.05), ("test", 0.05)):
+        count = max(1, int(rows * share))
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for shard, start in enumerate(range(0, count, rows_per_shard)):
+            n = min(rows_per_shard, count - start)
+            lengths = np.minimum(rng.lognormal(np.log(median_history), 0.6, n).astype(np.int64), 4 * median_history)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            history = rng.zipf(1.3, int(offsets[-1])) % items
+            table = pa.table({
+                "user_id": rng.integers(0, users, n),
+                "item_id": rng.zipf(1.3, n) % items,
+                "label": rng.integers(0, 2, n),
+                "item_history": pa.ListArray.from_arrays(pa.array(offsets), pa.array(history)),
+                "cate_id": rng.integers(0, 100, n),
+                "cate_history": pa.ListArray.from_arrays(pa.array(offsets), pa.array(history % 100)),
+            })
+            pq.write_table(table, root / split / f"part-{shard:05d}.parquet")
+
+
+def prepare(root: str, cache: str, batch_size: int, batches: int) -> dict[str, float]:
+    """In this (fresh) process: build the cache, then time ``batches`` training batches."""
+    from ifusion_plugin.data import TableDataModule
+
+    data = TableDataModule(root, long_len=100, num_sessions=4, session_len=5, cache_dir=cache, batch_size=batch_size)
+    start = time.perf_counter()
+    data.prepare_data()
+    prepare_s = time.perf_counter() - start
+    rows = sum(len(data.split(split)) for split in ("train", "valid", "test"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    next(loader)
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            seen += len(next(loader))
+        except StopIteration:
+            break
+    loader_s = time.perf_counter() - start
+    disk = sum(f.stat().st_size for f in Path(data.cache_path).rglob("*") if f.is_file())
+    return {"rows": rows, "prepare_s": prepare_s, "prepare_rows_per_s": rows / prepare_s, "peak_rss_gib": peak,
+            "disk_bytes_per_row": disk / rows, "loader_samples_per_s": seen / max(loader_s, 1e-9)}
+
+
+def twin_samples_per_s(batch_size: int, steps: int) -> float:
+    """TWIN + concat training samples/s on random batches of the same shapes (benchmarks.speed)."""
+    from benchmarks.speed import ML1M_SPEC, Variant, build_host, random_batch
+    import torch
+
+    from ifusion_plugin.fusion import ConcatFusion
+
+    host = build_host("TWIN", Variant("concat", ConcatFusion), ML1M_SPEC, quick=False).train()
+    optimizer = torch.optim.Adam(host.parameters(), lr=1e-3)
+    batch = random_batch(ML1M_SPEC, batch_size)
+    times = []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(host(batch).logits, batch.label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return batch_size / float(np.median(times))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--median-history", type=int, default=100)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--out", required=True, help="working directory (the table and the cache; replaced)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="few loader batches and TWIN steps (CI checks the harness)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--prepare-only", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.prepare_only:
+        print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches)))
+        return 0
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    write_table(out / "table", args.rows, args.median_history, args.items, args.users)
+    generate_s = time.perf_counter() - start
+    # A fresh process: its peak RSS is the preparation's own.
+    result = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--out", args.out, "--batch-size", str(args.batch_size),
+                             "--batches", str(5 if args.quick else args.batches), "--prepare-only", str(out / "table"), str(out / "cache")],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"preparing the table failed:\n{result.stderr[-3000:]}")
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    measured["generate_s"] = generate_s
+    measured["twin_train_samples_per_s"] = twin_samples_per_s(args.batch_size, 3 if args.quick else 20)
+    measured["loader_vs_twin"] = measured["loader_samples_per_s"] / measured["twin_train_samples_per_s"]
+    print(f"# data_scale: {measured['rows']:,} rows, median history {args.median_history}, {time.strftime('%Y-%m-%d')}\n")
+    print("| measure | value | target | met |\n|---|---|---|---|")
+    for key, target in TARGETS.items():
+        value = measured[key]
+        met = value <= target if key in ("disk_bytes_per_row", "peak_rss_gib") else value >= target
+        print(f"| {key} | {value:,.2f} | {'<=' if key in ('disk_bytes_per_row', 'peak_rss_gib') else '>='} {target:,} | "
+              f"{'met' if met else 'not met'} |")
+    print(f"\nprepare {measured['prepare_s']:.1f} s; loader {measured['loader_samples_per_s']:,.0f} samples/s; "
+          f"TWIN + concat training {measured['twin_train_samples_per_s']:,.0f} samples/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
