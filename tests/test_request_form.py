@@ -106,3 +106,16 @@ def test_request_program_has_a_dynamic_number_of_candidates(tmp_path) -> None:
         inputs = request.example_inputs(count, seed=count)
         with torch.no_grad():
             torch.testing.assert_close(program(*inputs), request(*inputs), rtol=0, atol=1e-5)
+
+
+def test_request_form_rejects_more_than_one_user() -> None:
+    host = TWIN(SPEC, embed_dim=8, head_dims=(16,)).eval()
+    request = RequestServingModel(host, SPEC)
+    inputs = list(request.example_inputs(4))
+    inputs[0] = inputs[0].expand(2)
+    with pytest.raises(ValueError, match=r"scores one user: user.user must have shape \(1,\), got \(2,\)"):
+        request(*inputs)
+    inputs = list(request.example_inputs(4))
+    inputs[6] = inputs[6][:3]
+    with pytest.raises(ValueError, match=r"target_item and target_cate must both have shape \(C,\), got \(4,\) and \(3,\)"):
+        request(*inputs)

@@ -291,6 +291,11 @@ class CTRHost(nn.Module):
             Logits, tensor of shape ``(C,)``, equal to :meth:`forward`'s on the C rows
             ``(user, candidate)`` (up to float rounding).
         """
+        if user.user.shape[0] != 1:
+            raise ValueError(f"request_logits scores one user: user.user must have shape (1,), got {tuple(user.user.shape)}")
+        if target_item.shape != target_cate.shape or target_item.dim() != 1:
+            raise ValueError(f"target_item and target_cate must both have shape (C,), got {tuple(target_item.shape)} "
+                             f"and {tuple(target_cate.shape)}")
         count = target_item.shape[0]
 
         def expand(value: Optional[Tensor]) -> Optional[Tensor]:
