@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, FeatureSpec
 from .datamodule import CTRDataModule
-from .logs import OnBadLine, _bad, _report_skips
+from .logs import _bad, _report_skips
 from .sequences import split_history
 from .vocabulary import Vocabularies, Vocabulary
 
@@ -32,21 +32,9 @@ class AmazonBooksDIENDataModule(CTRDataModule):
         self,
         root: str = "amazon-books-dien",
         valid_user_fraction: float = 0.1,
-        long_len: int = 100,
-        num_sessions: int = 4,
-        session_len: int = 5,
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
+        **options: Any,
     ) -> None:
-        super().__init__(long_len, num_sessions, session_len, "chunk", 86_400.0, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(session_split="chunk", **options)
         if not 0.0 < valid_user_fraction < 1.0:
             raise ValueError(f"valid_user_fraction must be in (0, 1), got {valid_user_fraction}")
         self.root, self.valid_user_fraction = root, valid_user_fraction

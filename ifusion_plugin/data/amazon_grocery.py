@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 
 from .datamodule import CTRDataModule
-from .logs import OnBadLine, _read_int_table
+from .logs import _read_int_table
 from .protocol import (
     NegativeSampling,
     _sequences_from_log,
@@ -37,23 +37,12 @@ class AmazonGroceryDataModule(CTRDataModule):
         min_train_position: int = 1,
         session_gap_days: float = 1.0,
         long_len: int = 50,
-        num_sessions: int = 4,
-        session_len: int = 5,
         session_split: Literal["chunk", "time_gap"] = "time_gap",
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "uniform",
         test_per_user: int = 1,
+        **options: Any,
     ) -> None:
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(long_len=long_len, session_split=session_split, session_gap_seconds=session_gap_days * 86_400.0, **options)
         check_negative_sampling(negative_sampling)
         self.negative_sampling = negative_sampling
         self.test_per_user = test_per_user

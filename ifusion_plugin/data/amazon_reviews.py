@@ -14,13 +14,13 @@ none. User and item ids stay the strings of the dump (``predict`` writes them).
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from .datamodule import CTRDataModule
-from .logs import OnBadLine, iter_literal_lines, read_json_lines
+from .logs import iter_literal_lines, read_json_lines
 from .protocol import (
     NegativeSampling,
     _sequences_from_log,
@@ -70,27 +70,16 @@ class AmazonReviewsDataModule(CTRDataModule):
         min_train_position: int = 1,
         session_gap_days: float = 1.0,
         long_len: int = 50,
-        num_sessions: int = 4,
-        session_len: int = 5,
         session_split: Literal["chunk", "time_gap"] = "time_gap",
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "popularity",
         test_per_user: int = 1,
+        **options: Any,
     ) -> None:
         if edition not in ("auto", "2014", "2018"):
             raise ValueError(f"edition must be one of auto, 2014, 2018, got {edition!r}")
         if not category or "/" in category:
             raise ValueError(f"category must be a dump's category name such as 'Books', got {category!r}")
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_days * 86_400.0, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(long_len=long_len, session_split=session_split, session_gap_seconds=session_gap_days * 86_400.0, **options)
         check_negative_sampling(negative_sampling)
         self.root, self.category, self.edition = root, category, edition
         self.train_per_user, self.min_train_position = train_per_user, min_train_position

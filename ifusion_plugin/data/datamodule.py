@@ -66,6 +66,7 @@ class CTRDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         long_len: int = 100,
         num_sessions: int = 4,
         session_len: int = 5,

@@ -10,14 +10,14 @@ protocol of every built-in source.
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .datamodule import CTRDataModule
-from .logs import OnBadLine, _bad, _report_skips, read_delimited
+from .logs import _bad, _report_skips, read_delimited
 from .protocol import (
     NegativeSampling,
     _sequences_from_log,
@@ -63,29 +63,17 @@ class MovieLensDataModule(CTRDataModule):
         min_rating: int = 0,
         train_per_user: int = 20,
         min_train_position: int = 20,
-        long_len: int = 100,
-        num_sessions: int = 4,
-        session_len: int = 5,
         session_split: Literal["chunk", "time_gap"] = "time_gap",
         session_gap_seconds: float = 3_600.0,
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "popularity",
         test_per_user: int = 1,
+        **options: Any,
     ) -> None:
         if archive not in ("auto", *_FILES):
             raise ValueError(f"archive must be one of auto, {', '.join(_FILES)}, got {archive!r}")
         if not isinstance(min_rating, int) or isinstance(min_rating, bool) or not 0 <= min_rating <= 5:
             raise ValueError(f"min_rating must be an int in 0..5, got {min_rating!r}")
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(session_split=session_split, session_gap_seconds=session_gap_seconds, **options)
         check_negative_sampling(negative_sampling)
         self.root, self.archive, self.min_rating = root, archive, min_rating
         self.train_per_user, self.min_train_position = train_per_user, min_train_position
@@ -162,27 +150,13 @@ class MovieLens1MDataModule(CTRDataModule):
         root: str = "movielens-1m",
         train_per_user: int = 20,
         min_train_position: int = 20,
-        long_len: int = 100,
-        num_sessions: int = 4,
-        session_len: int = 5,
-        session_split: Literal["chunk", "time_gap"] = "chunk",
-        session_gap_seconds: float = 86_400.0,
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "uniform",
         test_per_user: int = 1,
+        **options: Any,
     ) -> None:
-        if session_split != "chunk":
+        if options.get("session_split", "chunk") != "chunk":
             raise ValueError("MovieLens-1M here has no timestamps: session_split must be 'chunk'")
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(**options)
         check_negative_sampling(negative_sampling)
         self.negative_sampling = negative_sampling
         self.test_per_user = test_per_user

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from ..batch import FIRST_ID, FeatureSpec
 from .datamodule import CTRDataModule
-from .logs import OnBadLine
 from .protocol import NegativeSampling, check_negative_sampling
 from .sequences import split_history
 from .vocabulary import Vocabularies, Vocabulary
@@ -52,26 +51,14 @@ class SyntheticDataModule(CTRDataModule):
         cate_skew: float = 1.0,
         train_per_user: int = 10,
         long_len: int = 50,
-        num_sessions: int = 4,
-        session_len: int = 5,
-        session_split: Literal["chunk", "time_gap"] = "chunk",
-        session_gap_seconds: float = 86_400.0,
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "uniform",
+        **options: Any,
     ) -> None:
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(long_len=long_len, **options)
         check_negative_sampling(negative_sampling)
         self.negative_sampling = negative_sampling
-        drift_len = num_sessions * session_len if drift_len is None else drift_len
+        short = self.sequence_options.num_sessions * self.sequence_options.session_len
+        drift_len = short if drift_len is None else drift_len
         if num_users <= 0 or train_per_user <= 0 or history_len <= 0:
             raise ValueError("num_users, train_per_user and history_len must be positive")
         if num_items < num_cates or num_cates < long_pref_per_user + 1 or long_pref_per_user <= 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -88,25 +88,11 @@ class TableDataModule(CTRDataModule):
         context_columns: Sequence[str] = (),
         list_separator: str = " ",
         encoded_ids: bool = False,
-        long_len: int = 100,
-        num_sessions: int = 4,
-        session_len: int = 5,
-        session_split: Literal["chunk", "time_gap"] = "chunk",
-        session_gap_seconds: float = 86_400.0,
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
         long_behaviors: Optional[Sequence[Union[int, str]]] = None,
         session_behaviors: Optional[Sequence[Union[int, str]]] = None,
-        on_bad_line: Literal["error", "skip"] = "error",
+        **options: Any,
     ) -> None:
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(**options)
         for name, value in (("long_behaviors", long_behaviors), ("session_behaviors", session_behaviors)):
             if value is not None and (isinstance(value, str) or len(value) == 0):
                 raise ValueError(f"{name} must be a non-empty list of behaviour types, got {value!r}")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from ..batch import FIRST_ID, OOV_ID
 from .datamodule import CTRDataModule
-from .logs import OnBadLine, _read_int_table
+from .logs import _read_int_table
 from .protocol import NegativeSampling, build_ctr_samples, check_negative_sampling
 from .requests import RequestFeatures
 from .vocabulary import Vocabulary
@@ -52,24 +52,12 @@ class TaobaoDataModule(CTRDataModule):
         train_per_user: int = 20,
         min_train_position: int = 20,
         session_gap_seconds: float = 1800.0,
-        long_len: int = 100,
-        num_sessions: int = 4,
-        session_len: int = 5,
         session_split: Literal["chunk", "time_gap"] = "time_gap",
-        long_includes_short: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        cache_dir: Optional[str] = None,
-        on_bad_line: OnBadLine = "error",
         negative_sampling: NegativeSampling = "uniform",
         test_per_user: int = 1,
+        **options: Any,
     ) -> None:
-        super().__init__(long_len, num_sessions, session_len, session_split, session_gap_seconds, long_includes_short,
-                         seed, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, cache_dir, on_bad_line)
+        super().__init__(session_split=session_split, session_gap_seconds=session_gap_seconds, **options)
         check_negative_sampling(negative_sampling)
         self.negative_sampling = negative_sampling
         self.test_per_user = test_per_user
