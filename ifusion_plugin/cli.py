@@ -40,7 +40,6 @@ import os
 import sys
 import warnings
 import zipfile
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -61,6 +60,7 @@ from .batch import FIRST_ID, FeatureSpec
 from .cli_errors import short_error
 from .prediction_writer import PredictionsFileWriter, write_predictions
 from .recipes import resolve_recipe_paths
+from .run_config import run_config_of
 from .task import CTRTask
 
 
@@ -180,10 +180,8 @@ def config_beside_checkpoint(argv: list[str]) -> tuple[list[str], Optional[str]]
     ckpt = _option_value(argv, "--ckpt_path")
     if not ckpt or ckpt in CKPT_KEYWORDS:
         return argv, None
-    for candidate in (Path(ckpt).parent.parent / "config.yaml", Path(ckpt).parent / "config.yaml"):
-        if candidate.is_file():
-            return [argv[0], "--config", str(candidate), *argv[1:]], str(candidate)
-    return argv, None
+    config = run_config_of(ckpt)
+    return ([argv[0], "--config", config, *argv[1:]], config) if config else (argv, None)
 
 
 def checkpoint_problem(path: str) -> Optional[str]:

@@ -27,12 +27,12 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .run_config import run_config_of
 from .serving import RequestServingModel, Servable, ServingModel, export_onnx, export_program, load_onnx, load_program
 
 __all__ = ["main", "serving_model_from_checkpoint"]
@@ -90,16 +90,6 @@ def _input_description(model: Servable) -> list[dict[str, object]]:
         shape = [dynamic if dims and i in dims else int(size) for i, size in enumerate(t.shape)]
         described.append({"name": name, "dtype": str(t.dtype).replace("torch.", ""), "shape": shape})
     return described
-
-
-def _run_config(ckpt: str, given: Optional[str]) -> Optional[str]:
-    """The config the checkpoint was trained with: ``given``, else ``config.yaml`` of its run."""
-    if given:
-        return given
-    for candidate in (Path(ckpt).parent.parent / "config.yaml", Path(ckpt).parent / "config.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def _write_vocabularies(model: ServingModel, config: str, directory: str) -> dict:
@@ -162,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in [*targets.values(), manifest_path, vocab_path]:
         if os.path.exists(path) and not args.overwrite:
             parser.error(f"{path} exists; pass --overwrite to replace it")
-    config = _run_config(args.ckpt, args.config)
+    config = args.config or run_config_of(args.ckpt)
 
     # Exported and checked in a staging directory; only a passing export is renamed to the
     # final names, so a server watching out_dir never picks up files that failed parity.

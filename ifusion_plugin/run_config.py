@@ -11,19 +11,33 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import yaml
 from jsonargparse import ArgumentParser
 
-from .data import CTRDataModule
+if TYPE_CHECKING:
+    from .data import CTRDataModule
 
-__all__ = ["datamodule_from_config", "datamodule_from_section"]
+__all__ = ["datamodule_from_config", "datamodule_from_section", "run_config_of"]
+
+#: Where ``fit`` saves a run's config, relative to its ``checkpoints/`` directory's parent.
+RUN_CONFIG = "config.yaml"
+
+
+def run_config_of(ckpt: str) -> Optional[str]:
+    """The ``config.yaml`` that ``fit`` saved for the run of checkpoint ``ckpt`` (beside its
+    ``checkpoints/`` directory, or beside the file itself), else ``None``."""
+    for candidate in (Path(ckpt).parent.parent / RUN_CONFIG, Path(ckpt).parent / RUN_CONFIG):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def datamodule_from_section(
     section: Mapping[str, Any], *, source: str = "config", cwd: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
-) -> CTRDataModule:
+) -> "CTRDataModule":
     """Instantiate a ``data`` section (``class_path`` + ``init_args``, a
     :class:`~ifusion_plugin.data.CTRDataModule` subclass).
 
@@ -43,6 +57,8 @@ def datamodule_from_section(
     init = {**(section.get("init_args") or {}), **(overrides or {})}
     if isinstance(init.get("root"), str) and not os.path.isabs(init["root"]):
         init["root"] = os.path.abspath(os.path.join(cwd or os.getcwd(), init["root"]))
+    from .data import CTRDataModule  # imported here: finding a run's config needs no data stack
+
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(CTRDataModule, "data", required=True)
     try:
@@ -55,7 +71,7 @@ def datamodule_from_section(
         return build(config).data
 
 
-def datamodule_from_config(path: str, **kwargs: Any) -> CTRDataModule:
+def datamodule_from_config(path: str, **kwargs: Any) -> "CTRDataModule":
     """The datamodule of the YAML config at ``path`` (its ``data`` section); keyword arguments as
     :func:`datamodule_from_section`.
 

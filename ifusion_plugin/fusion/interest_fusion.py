@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -605,20 +605,20 @@ class InterestFusion(FusionLayer):
     def _sample(self, x0: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> Tensor:
         """Algorithm 2 over the respaced schedule; returns (B, d)."""
         branches = self._branches(guidance, mask, None)
-
-        sampler = self._sampler(self.serving_settings, x0.device)
+        settings = self.serving_settings
+        sampler = self._sampler(settings, x0.device)
 
         def predict(x: Tensor, local: Tensor, step: int) -> Tensor:
             return self._guided(x, sampler.timestep_map[local], branches, cond, "inference")[0]
 
-        return self._reverse(x0, predict)
+        return self._reverse(x0, predict, settings, sampler)
 
-    def _reverse(self, x0: Tensor, predict) -> Tensor:
-        """The reverse steps from ``x0`` (B, d) (noised to ``t_start`` when set), with
-        ``predict(x, local_step (B,), local_step as an int) -> x0_hat``; returns (B, d)."""
+    def _reverse(
+        self, x0: Tensor, predict: Callable[[Tensor, Tensor, int], Tensor], settings: ServingSettings, sampler: NoiseSchedule
+    ) -> Tensor:
+        """The reverse steps of ``sampler`` from ``x0`` (B, d) (noised to ``settings.t_start``
+        when set), with ``predict(x, local_step (B,), local_step as an int) -> x0_hat``; (B, d)."""
         batch = x0.shape[0]
-        settings = self.serving_settings
-        sampler = self._sampler(settings, x0.device)
         generator: Optional[torch.Generator] = None
         if settings.stochastic_sampling:
             generator = torch.Generator(device=x0.device)
@@ -701,7 +701,7 @@ class InterestFusion(FusionLayer):
             stacked = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
             return self._combine(stacked, len(outs), count, gammas, "inference", use_uncond, uncond_weight)
 
-        generated = self._reverse(x0, predict)
+        generated = self._reverse(x0, predict, settings, sampler)
         linear = None
         if self.skip is not None and settings.concat_skip:
             skip_prepared = {k[len("skip."):]: v for k, v in prepared.items() if k.startswith("skip.")}
