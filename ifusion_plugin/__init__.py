@@ -1,6 +1,6 @@
 """ifusion-plugin: iFusion interest fusion for CTR models, as a drop-in PyTorch module.
 
-The fusion layers are importable from here without Lightning or datasets installed::
+The fusion layers are importable from here without Lightning or pyarrow installed::
 
     from ifusion_plugin import InterestFusion, ConcatFusion, GateFusion
 """

@@ -423,12 +423,8 @@ def main(
     # Predictions are placed by the row each batch carries (CTRBatch.row), not by Lightning's
     # batch indices, which a loader of whole index batches cannot report.
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
+    # Progress bars in a log file are escape codes and carriage returns, not progress.
     interactive = sys.stderr.isatty()
-    if not interactive:
-        # Progress bars in a log file are escape codes and carriage returns, not progress.
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
     return CTRLightningCLI(
         CTRTask,
         datamodule_class,

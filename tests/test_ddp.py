@@ -36,12 +36,11 @@ def test_batch_sampler_partitions_each_split_by_rank(tmp_path, monkeypatch) -> N
             assert len(batches) == len(sampler)
             seen.append([i for b in batches for i in b])
         flat = [i for part in seen for i in part]
-        assert len(flat) == len(set(flat))  # no sample on two ranks, none repeated
+        assert sorted(flat) == list(range(100))  # every sample once: none on two ranks, none dropped
         if shuffle:
-            # 13 batches: 4 per rank, the 13th (incomplete) dropped so ranks stay in step.
-            assert [len(part) for part in seen] == [32, 32, 32]
-        else:
-            assert sorted(flat) == list(range(100))  # evaluation sees every sample once
+            # 34 samples on rank 0, 33 on the others: 5 batches each (ceil(34 / 8)), at most 8 rows.
+            assert [len(part) for part in seen] == [34, 33, 33]
+            assert {len(sampler)} == {5} and max(len(b) for b in batches) <= 8
 
 
 @pytest.mark.slow
@@ -52,11 +51,14 @@ def test_ddp_two_cpu_processes_sync_metrics(tmp_path) -> None:
     env = {**os.environ, "PL_GLOBAL_SEED": "0", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "ddp_fit.py"), str(tmp_path), cache, "2"],
+        [sys.executable, str(SCRIPTS / "ddp_fit.py"), str(tmp_path), cache, "2", "2"],  # 2 processes x 2 workers
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # The epoch trained on every row exactly once across the processes and their workers.
+    trained = [r.pop("train_rows") for r in ranks]
+    assert sorted(trained[0] + trained[1]) == list(range(len(data.split("train"))))
     # Validation batches are dealt out in turn (7 batches: 4 and 3), never padded with repeats.
     full_val = (len(data.split("valid")) + DATA_OPTIONS["eval_batch_size"] - 1) // DATA_OPTIONS["eval_batch_size"]
     assert [r.pop("val_batches") for r in ranks] == [(full_val + 1) // 2, full_val // 2]
@@ -65,9 +67,9 @@ def test_ddp_two_cpu_processes_sync_metrics(tmp_path) -> None:
     weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # DDP kept them in step
 
-    # Each rank trained on half the batches.
-    full_train = (len(data.split("train")) + DATA_OPTIONS["batch_size"] - 1) // DATA_OPTIONS["batch_size"]
-    assert ranks[0]["train_batches"] == full_train // 2
+    # Each rank took the same number of batches: ceil(ceil(n / 2) / batch_size).
+    half = -(-len(data.split("train")) // 2)
+    assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == -(-half // DATA_OPTIONS["batch_size"])
 
     # A single-process evaluation of the same weights over the whole validation split.
     task = make_task(data.feature_spec)

@@ -79,7 +79,7 @@ def test_baseline_prepared_path_equals_forward(layer) -> None:
     with torch.no_grad():
         rows = layer(h_long, h_sessions.expand(5, -1, -1), mask.expand(5, -1), long_mask).fused
         torch.testing.assert_close(layer.fuse_prepared(h_long, layer.prepare_sessions(h_sessions, mask), long_mask), rows,
-                                   rtol=0, atol=1e-6)
+                                   rtol=1e-6, atol=1e-6)  # the same sums in another order: float32 round-off only
 
 
 def test_request_form_encodes_the_user_side_once() -> None:

@@ -205,3 +205,37 @@ def test_split_directories_of_shards_read_as_one_table(tmp_path: Path) -> None:
         empty.mkdir()
         (sharded / "valid.csv").unlink()
         TableDataModule(root=str(sharded), cache_dir=str(tmp_path / "c3")).feature_spec
+
+
+def test_parquet_splits_stream_in_batches_with_the_same_samples(tmp_path: Path, monkeypatch) -> None:
+    """Parquet is read by batches of STREAM_ROWS rows (row groups of 2 here) and each encoded
+    batch written before the next: the samples equal a one-batch build's, and an error in a
+    later batch names its row from the start of the file."""
+    import ifusion_plugin.data.table as table_module
+
+    single = _write_csv_table(tmp_path / "csv")
+    root = tmp_path / "parquet"
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        pq.write_table(table_module._read_file(str(single / f"{split}.csv"), " "), root / f"{split}.parquet", row_group_size=2)
+    whole = TableDataModule(root=str(root), context_columns=["device"], cache_dir=str(tmp_path / "c1"))
+    whole.prepare_data()
+    read = []
+    batches = table_module._file_batches
+    monkeypatch.setattr(table_module, "_file_batches", lambda *a: (read.append(t.num_rows) or t for t in batches(*a)))
+    monkeypatch.setattr(table_module, "STREAM_ROWS", 2)
+    streamed = TableDataModule(root=str(root), context_columns=["device"], cache_dir=str(tmp_path / "c2"))
+    assert streamed.feature_spec == whole.feature_spec
+    assert max(read) == 2 and len(read) > 3
+    for name in ("train", "valid", "test"):
+        left, right = whole.split(name)[:], streamed.split(name)[:]
+        assert sorted(left) == sorted(right) and "long_items" in left
+        for column in left:
+            np.testing.assert_array_equal(left[column], right[column])
+    assert streamed.vocabularies().item_categories.equals(whole.vocabularies().item_categories)
+    train = pq.read_table(root / "train.parquet").to_pylist()
+    train[-1]["label"] = 2
+    pq.write_table(pa.Table.from_pylist(train), root / "train.parquet", row_group_size=2)
+    with pytest.raises(ValueError, match=rf"train.parquet: column 'label' must be 0 or 1; row {len(train) - 1} holds 2"):
+        TableDataModule(root=str(root), context_columns=["device"], cache_dir=str(tmp_path / "c3")).prepare_data()
+    assert not list((tmp_path / "c3").glob("table-*"))  # nothing a later run would trust

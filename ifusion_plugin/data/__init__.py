@@ -1,4 +1,4 @@
-"""Data sources, the Arrow cache and the LightningDataModules (imports lightning and datasets)."""
+"""Data sources, the Arrow cache and the LightningDataModules (imports lightning and pyarrow)."""
 
 from .amazon_books_dien import AmazonBooksDIENDataModule
 from .amazon_grocery import AmazonGroceryDataModule

@@ -1,7 +1,8 @@
-"""Atomic on-disk cache of processed splits as ``datasets`` Arrow datasets.
+"""Atomic on-disk cache of processed splits.
 
-Layout: ``cache_dir/<source>-<key>/`` holding ``train/``, ``valid/``, ``test/``
-(``Dataset.save_to_disk``, the sample columns a batch is built from), ``raw_ids/<split>.parquet``
+Layout: ``cache_dir/<source>-<key>/`` holding ``train/``, ``valid/``, ``test/`` (each a
+``samples.arrow`` in the compact form of :mod:`~ifusion_plugin.data.storage`: the sample
+columns a batch is built from), ``raw_ids/<split>.parquet``
 (the raw ``user_id``/``item_id`` of each sample, in the split's row order, when the source gave
 them), ``vocab/`` (the :class:`~ifusion_plugin.data.vocabulary.Vocabularies`, when the source gave
 them), ``meta.json`` (the FeatureSpec and the options) and ``COMPLETE``.
@@ -18,15 +19,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Dataset, Features, Value, load_from_disk
-from datasets import Sequence as HFSequence
 
 from ..batch import FeatureSpec
+from .storage import SPLIT_FILE, SplitWriter, StoredSplit, open_split
 from .vocabulary import Vocabularies
 
 __all__ = [
@@ -40,11 +40,14 @@ __all__ = [
     "raw_ids_path",
     "vocabularies_path",
     "SplitArrays",
+    "SplitColumns",
 ]
 
 #: 2: per-sample raw ids under ``raw_ids/`` (caches of version 1 have none and are rebuilt).
 #: 3: the vocabularies under ``vocab/``.
-FORMAT_VERSION = 3
+#: 4: compact split files (ragged int32 histories, :mod:`~ifusion_plugin.data.storage`), not
+#: ``datasets`` folders.
+FORMAT_VERSION = 4
 COMPLETE_MARKER = "COMPLETE"
 SPLITS = ("train", "valid", "test")
 RAW_IDS_DIR = "raw_ids"
@@ -55,9 +58,13 @@ VOCAB_DIR = "vocab"
 #: columns, so the batch builder never reads them.
 RAW_ID_COLUMNS = ("user_id", "item_id")
 
-#: per split, a mapping column name -> stacked numpy array (first dimension = samples); the
+#: One chunk of a split: column name -> stacked numpy array (first dimension = samples); the
 #: :data:`RAW_ID_COLUMNS` may also be ``pyarrow`` arrays (string ids).
-SplitArrays = Mapping[str, Mapping[str, "np.ndarray | pa.Array | pa.ChunkedArray"]]
+SplitColumns = Mapping[str, "np.ndarray | pa.Array | pa.ChunkedArray"]
+
+#: per split, its columns in one chunk, or an iterable of chunks (a source streaming a split
+#: larger than memory: each chunk is written before the next is built).
+SplitArrays = Mapping[str, Union[SplitColumns, Iterable[SplitColumns]]]
 
 
 def file_fingerprint(paths: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -80,29 +87,6 @@ def cache_key(source: str, options: Mapping[str, object], raw_files: Sequence[st
     return f"{source}-{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
 
 
-def _to_dataset(columns: Mapping[str, np.ndarray]) -> Dataset:
-    # Fixed-shape columns as nested int64 lists: with_format("numpy") returns stacked arrays.
-    feats = {}
-    data = {}
-    for name, arr in columns.items():
-        arr = np.asarray(arr, dtype=np.int64)
-        if arr.ndim == 1:
-            feats[name] = Value("int64")
-        elif arr.ndim == 2:
-            feats[name] = HFSequence(Value("int64"), length=arr.shape[1])
-        else:
-            feats[name] = HFSequence(HFSequence(Value("int64"), length=arr.shape[2]), length=arr.shape[1])
-        data[name] = arr
-    arrays = {}
-    for name, arr in data.items():
-        flat = pa.array(arr.reshape(-1))
-        for size in reversed(arr.shape[1:]):
-            flat = pa.FixedSizeListArray.from_arrays(flat, size)
-        arrays[name] = flat
-    table = pa.table(arrays)
-    return Dataset(table.cast(Features(feats).arrow_schema))
-
-
 def raw_ids_path(cache_path: str, split: str) -> str:
     """The Parquet file of ``split``'s raw ids inside the cache directory ``cache_path``."""
     return os.path.join(cache_path, RAW_IDS_DIR, f"{split}.parquet")
@@ -119,7 +103,7 @@ def _raw_id_array(values: "np.ndarray | pa.Array | pa.ChunkedArray") -> pa.Array
     return array
 
 
-def _split_raw_ids(split: str, columns: Mapping[str, object]) -> Optional[pa.Table]:
+def _split_raw_ids(split: str, columns: SplitColumns) -> Optional[pa.Table]:
     """The raw-id columns of a built split as a table, ``None`` when the source gave none.
 
     Raises:
@@ -171,24 +155,57 @@ def load_raw_ids(cache_path: str, split: str) -> Optional[pa.Table]:
     return pq.read_table(path) if os.path.exists(path) else None
 
 
+def _chunks(split: str, value: "SplitColumns | Iterable[SplitColumns]") -> Iterable[SplitColumns]:
+    # One mapping of columns is one chunk; anything else is an iterable of chunks.
+    return [value] if isinstance(value, Mapping) else value
+
+
+def _write_split(directory: str, split: str, value: "SplitColumns | Iterable[SplitColumns]") -> dict[str, object]:
+    """Write one split's chunks under ``directory``; returns its entry of ``meta.json``."""
+    os.makedirs(os.path.join(directory, split))
+    writer = SplitWriter(os.path.join(directory, split, SPLIT_FILE))
+    raw_writer: Optional[pq.ParquetWriter] = None
+    raw_given: Optional[bool] = None
+    try:
+        for chunk in _chunks(split, value):
+            raw = _split_raw_ids(split, chunk)
+            if raw_given is not None and raw_given != (raw is not None):
+                raise ValueError(f"split {split!r}: raw ids must be given with every chunk or none")
+            raw_given = raw is not None
+            writer.write({name: values for name, values in chunk.items() if name not in RAW_ID_COLUMNS})  # type: ignore[misc]
+            if raw is not None:
+                if raw_writer is None:
+                    os.makedirs(os.path.join(directory, RAW_IDS_DIR), exist_ok=True)
+                    raw_writer = pq.ParquetWriter(raw_ids_path(directory, split), raw.schema)
+                raw_writer.write_table(raw.cast(raw_writer.schema))
+        if raw_given is None:
+            raise ValueError(f"split {split!r}: the build gave no chunk (an empty chunk is fine)")
+        shapes = writer.close()
+    finally:
+        if raw_writer is not None:
+            raw_writer.close()
+    return {"rows": writer.rows, "shapes": shapes, "raw_ids": bool(raw_given)}
+
+
 def load_or_build(
     cache_dir: str,
     key: str,
     build: Callable[[], "tuple[SplitArrays, FeatureSpec] | tuple[SplitArrays, FeatureSpec, Optional[Vocabularies]]"],
     options: Mapping[str, object],
-) -> tuple[dict[str, Dataset], FeatureSpec, bool]:
+) -> tuple[dict[str, StoredSplit], FeatureSpec, bool]:
     """Load the cache ``cache_dir/key`` or build and store it atomically.
 
     Args:
         build: returns per split the sample columns (:data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`
             and ``context``, first dimension ``S``) and optionally the :data:`RAW_ID_COLUMNS`
-            (shape ``(S,)``, for every split or none), the FeatureSpec, and optionally the
+            (shape ``(S,)``, for every split or none) -- in one mapping, or as an iterable of
+            such chunks written one by one --, the FeatureSpec, and optionally the
             :class:`~ifusion_plugin.data.vocabulary.Vocabularies` (a third element; stored
             under ``vocab/``, read back with :func:`vocabularies_path`).
 
     Returns:
-        (datasets per split, memory-mapped, ``numpy`` format, without the raw-id columns: read
-        those with :func:`load_raw_ids`), the FeatureSpec, and whether it was a cache hit.
+        (the splits, memory-mapped, without the raw-id columns: read those with
+        :func:`load_raw_ids`), the FeatureSpec, and whether it was a cache hit.
     """
     final = os.path.join(cache_dir, key)
     hit = os.path.exists(os.path.join(final, COMPLETE_MARKER))
@@ -199,22 +216,16 @@ def load_or_build(
         os.makedirs(cache_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
         try:
-            raw_ids = {split: _split_raw_ids(split, splits[split]) for split in SPLITS}
-            if len({table is None for table in raw_ids.values()}) > 1:
-                given = [split for split, table in raw_ids.items() if table is not None]
+            written = {split: _write_split(tmp, split, splits[split]) for split in SPLITS}
+            if len({entry["raw_ids"] for entry in written.values()}) > 1:
+                given = [split for split, entry in written.items() if entry["raw_ids"]]
                 raise ValueError(f"raw ids must be given for every split or none, expected {list(SPLITS)}, got {given}")
-            for split in SPLITS:
-                samples = {name: values for name, values in splits[split].items() if name not in RAW_ID_COLUMNS}
-                _to_dataset(samples).save_to_disk(os.path.join(tmp, split))
-                table = raw_ids[split]
-                if table is not None:
-                    os.makedirs(os.path.join(tmp, RAW_IDS_DIR), exist_ok=True)
-                    pq.write_table(table, raw_ids_path(tmp, split))
             if vocabularies is not None:
                 _check_sizes(vocabularies, spec)
                 vocabularies.save(vocabularies_path(tmp))
             meta = {"feature_spec": asdict(spec), "options": options, "format": FORMAT_VERSION,
-                    "raw_ids": raw_ids["train"] is not None, "vocabularies": vocabularies is not None}
+                    "raw_ids": written["train"]["raw_ids"], "vocabularies": vocabularies is not None,
+                    "splits": {split: {"rows": entry["rows"], "shapes": entry["shapes"]} for split, entry in written.items()}}
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
                 json.dump(meta, f, default=str, indent=1)
             with open(os.path.join(tmp, COMPLETE_MARKER), "w") as f:
@@ -229,5 +240,5 @@ def load_or_build(
     with open(os.path.join(final, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     spec = FeatureSpec(**meta["feature_spec"])
-    data = {split: load_from_disk(os.path.join(final, split)).with_format("numpy") for split in SPLITS}
+    data = {split: open_split(os.path.join(final, split, SPLIT_FILE), meta["splits"][split]["shapes"]) for split in SPLITS}
     return data, spec, hit

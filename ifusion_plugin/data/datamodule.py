@@ -161,7 +161,8 @@ class CTRDataModule(L.LightningDataModule):
         self._ensure()
 
     def split(self, name: Literal["train", "valid", "test"]):
-        """The cached ``datasets.Dataset`` of a split (numpy format)."""
+        """A cached split: ``len``, ``column_names``, and ``split[rows]`` -> ``{column: array}``
+        of shape ``(len(rows), *shape)`` (:class:`~ifusion_plugin.data.storage.StoredSplit`)."""
         self._ensure()
         return self._splits[name]
 

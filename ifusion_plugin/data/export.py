@@ -187,9 +187,7 @@ def export_datamodule(
     os.makedirs(out, exist_ok=True)
     written: dict[str, str] = {}
     for split in SPLITS:
-        ds = module.split(split)
-        table = ds.data.table
-        columns = {name: _column_array(table, name) for name in ("user", "target_item", "target_cate", "label", "long_items", "long_cates")}
+        columns = module.split(split).select_columns(["user", "target_item", "target_cate", "label", "long_items", "long_cates"])[:]
         path = os.path.join(out, f"{split}.{fmt}")
         _write(export_samples(columns), path, fmt, list_separator)
         written[split] = path
@@ -209,16 +207,6 @@ def export_datamodule(
         json.dump(meta, handle, indent=1, default=str)
     written["meta"] = meta_path
     return written
-
-
-def _column_array(table: pa.Table, name: str) -> np.ndarray:
-    """A cached column as a numpy array of shape ``(R,)`` or ``(R, L)``."""
-    column = table.column(name).combine_chunks()
-    shape = [len(column)]
-    while pa.types.is_fixed_size_list(column.type):
-        shape.append(column.type.list_size)
-        column = column.flatten()
-    return column.to_numpy(zero_copy_only=False).reshape(shape)
 
 
 def _parse_init(pairs: Sequence[str]) -> dict[str, object]:

@@ -1,16 +1,16 @@
-"""Loader plumbing shared by every datamodule: whole index batches read from the memory-mapped
-Arrow cache, dealt out to DDP processes, and a training loader that resumes mid-epoch."""
+"""Loader plumbing shared by every datamodule: whole index batches decoded from the
+memory-mapped cache, dealt out to DDP processes, and a training loader that resumes mid-epoch."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..batch import CTRBatch
+from .storage import StoredSplit
 
 __all__: list[str] = []  # internal to the data layer
 
@@ -19,10 +19,14 @@ class _RangeBatchSampler(DistributedSampler):
     """Yields whole batches as index lists: contiguous ranges, or shuffled ranges of a
     per-epoch permutation (seeded by ``seed + epoch`` so runs repeat).
 
-    Under ``torch.distributed`` each of the ``W`` processes takes every ``W``-th batch: a split
-    is partitioned, never padded with repeats, so synced metrics count every sample once. For
-    training (``shuffle``) every process gets the same number of batches (the last
-    ``num_batches % W`` are dropped) so that gradient all-reduces stay in step. It subclasses
+    Under ``torch.distributed`` with ``W`` processes, evaluation deals the batches out in turn
+    (process ``r`` takes every ``W``-th batch: a split is partitioned, never padded with
+    repeats, so synced metrics count every sample once). Training (``shuffle``) also sees every
+    sample exactly once per epoch, and every process takes the same number of batches so that
+    gradient all-reduces stay in step: process ``r`` takes every ``W``-th sample of the epoch's
+    permutation, cut into ``ceil(ceil(n / W) / batch_size)`` batches of near-equal size (at
+    most ``batch_size``). DataLoader workers take whole batches in turn, so ``W`` processes x
+    any number of workers still read each sample once. It subclasses
     ``DistributedSampler`` only so that Lightning keeps it instead of injecting its own, which
     would hand single indices to a dataset that reads whole batches.
     """
@@ -42,10 +46,12 @@ class _RangeBatchSampler(DistributedSampler):
 
     def __len__(self) -> int:
         world, rank = self._world()
-        total = self._num_batches()
-        if self.shuffle:
-            return total // world if world > 1 else total
-        return len(range(rank, total, world))
+        if self.shuffle and world > 1:
+            return self._batches_per_process(world)
+        return len(range(rank, self._num_batches(), world))
+
+    def _batches_per_process(self, world: int) -> int:
+        return -(-(-(-self.n // world)) // self.batch_size)  # ceil(ceil(n / W) / batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; the next shuffle uses ``seed + epoch``."""
@@ -61,12 +67,15 @@ class _RangeBatchSampler(DistributedSampler):
         else:
             order = np.arange(self.n)
         world, rank = self._world()
-        starts = list(range(0, self.n, self.batch_size))
-        if self.shuffle and world > 1:
-            starts = starts[: len(starts) // world * world]
         skip, self.skip = self.skip, 0
-        for start in starts[rank::world][skip:]:
-            yield order[start:start + self.batch_size]
+        if self.shuffle and world > 1:
+            batches = np.array_split(order[rank::world], self._batches_per_process(world))
+            # Only with batch_size 1 can a process run out of samples: it repeats one, so that
+            # every process still takes a step.
+            batches = [batch if len(batch) else order[:1] for batch in batches]
+        else:
+            batches = [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)][rank::world]
+        yield from batches[skip:]
 
 
 class _ResumableDataLoader(DataLoader):
@@ -106,47 +115,21 @@ class _ResumableDataLoader(DataLoader):
 class _BatchDataset:
     """Map-style dataset whose ``__getitem__`` takes a whole index batch and returns a CTRBatch.
 
-    Each column's Arrow chunks are viewed zero-copy as numpy arrays of shape ``(rows, *shape)``
-    over the memory-mapped cache (fixed-size lists are one flat int64 buffer), so a batch is a
-    numpy fancy-index per chunk: no per-row Python objects and no copy of the split in RAM.
+    The split stays memory-mapped (:class:`~ifusion_plugin.data.storage.StoredSplit`); a batch
+    decodes only its own rows, vectorised, so neither the process nor a loader worker holds the
+    split in RAM.
     """
 
-    def __init__(self, ds) -> None:
-        self.n = len(ds)
-        table = ds.data.table
-        self.columns: dict[str, list[np.ndarray]] = {}
-        self.offsets = None
-        for name in table.column_names:
-            views, starts, start = [], [], 0
-            for chunk in table.column(name).chunks:
-                shape = [len(chunk)]
-                arr = chunk
-                while pa.types.is_fixed_size_list(arr.type):
-                    shape.append(arr.type.list_size)
-                    arr = arr.flatten()
-                views.append(arr.to_numpy(zero_copy_only=False).reshape(shape))
-                starts.append(start)
-                start += len(chunk)
-            self.columns[name] = views
-            self.offsets = np.asarray(starts, dtype=np.int64)
+    def __init__(self, split: StoredSplit) -> None:
+        self.split = split
+        self.n = len(split)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index) -> CTRBatch:
         idx = np.asarray(index, dtype=np.int64)
-        chunk_of = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = {}
-        for name, views in self.columns.items():
-            if len(views) == 1:
-                out[name] = views[0][idx]
-                continue
-            first = views[0]
-            col = np.empty((len(idx),) + first.shape[1:], dtype=first.dtype)
-            for c in np.unique(chunk_of):
-                sel = chunk_of == c
-                col[sel] = views[c][idx[sel] - self.offsets[c]]
-            out[name] = col
+        out = self.split.rows(idx)
         out["row"] = idx  # the samples' rows in the split: predictions are placed by them
         return CTRBatch.from_columns(out)
 

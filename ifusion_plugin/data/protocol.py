@@ -27,7 +27,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..batch import FIRST_ID, OOV_ID, SAMPLE_COLUMNS, FeatureSpec
+from ..batch import FIRST_ID, SAMPLE_COLUMNS, FeatureSpec
 from .cache import RAW_ID_COLUMNS
 from .sequences import SequenceOptions, split_history
 from .vocabulary import Vocabularies, Vocabulary
@@ -135,21 +135,32 @@ def build_ctr_samples(
     item_keys = np.array(sorted(seen), dtype=np.int64)
     cate_keys = np.array(sorted({cate_of.get(i, -1) for i in seen} - {-1}), dtype=np.int64)
     user_keys = np.array(sorted(set(int(u) for u in users)), dtype=np.int64)
+    vocabularies = Vocabularies(
+        users=Vocabulary.from_keys(user_keys),
+        items=Vocabulary.from_keys(item_keys),
+        cates=Vocabulary.from_keys(cate_keys),
+        # Behaviour ids arrive encoded; identity keys until the caller names them.
+        behaviors=None if behaviors is None else Vocabulary.from_keys(np.arange(FIRST_ID, num_behaviors, dtype=np.int64)),
+        item_categories=pa.table({"item": pa.array(list(cate_of), pa.int64()), "cate": pa.array(list(cate_of.values()), pa.int64())}),
+    )
 
-    def encode(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.int64)
-        if len(keys) == 0:
-            return np.full(values.shape, OOV_ID, np.int64)
-        pos = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
-        return np.where(keys[pos] == values, pos + FIRST_ID, OOV_ID).astype(np.int64)
+    def encode(vocabulary: Vocabulary, values: np.ndarray) -> np.ndarray:
+        # Raw ids without a category are -1 here: never a key, so OOV like any unseen id.
+        return vocabulary.encode(pa.array(np.asarray(values, dtype=np.int64)))
 
-    enc_seqs = [encode(item_keys, s) for s in seqs]
-    enc_cates = [encode(cate_keys, np.array([cate_of.get(int(i), -1) for i in s], np.int64)) for s in seqs]
-    enc_users = encode(user_keys, np.asarray(users))
+    def categories(items: np.ndarray) -> np.ndarray:
+        return np.array([cate_of.get(int(i), -1) for i in items], np.int64)
+
+    enc_seqs = [encode(vocabularies.items, s) for s in seqs]
+    enc_cates = [encode(vocabularies.cates, categories(s)) for s in seqs]  # type: ignore[arg-type]
+    enc_users = encode(vocabularies.users, np.asarray(users))
+    negatives = np.array([neg for _, _, _, neg in plan], dtype=np.int64)
+    enc_negatives = encode(vocabularies.items, negatives)
+    enc_negative_cates = encode(vocabularies.cates, categories(negatives))  # type: ignore[arg-type]
     names = list(SAMPLE_COLUMNS) + (["session_behaviors"] if behaviors is not None else [])
     cols: dict[str, dict[str, list]] = {sp: {k: [] for k in names} for sp in ("train", "valid", "test")}
     raw: dict[str, dict[str, list[int]]] = {sp: {k: [] for k in RAW_ID_COLUMNS} for sp in cols}
-    for ui, p, split, neg in plan:
+    for index, (ui, p, split, neg) in enumerate(plan):
         t = None if times is None else np.asarray(times[ui])[:p]
         h = split_history(
             enc_seqs[ui][:p], enc_cates[ui][:p], options, t,
@@ -160,7 +171,7 @@ def build_ctr_samples(
         c = cols[split]
         for target_item, target_cate, label in (
             (enc_seqs[ui][p], enc_cates[ui][p], 1),
-            (encode(item_keys, np.array([neg]))[0], encode(cate_keys, np.array([cate_of.get(neg, -1)]))[0], 0),
+            (enc_negatives[index], enc_negative_cates[index], 0),
         ):
             c["user"].append(enc_users[ui])
             c["target_item"].append(target_item)
@@ -191,14 +202,6 @@ def build_ctr_samples(
         num_sessions=options.num_sessions,
         session_len=options.session_len,
         num_behaviors=num_behaviors if behaviors is not None else 0,
-    )
-    vocabularies = Vocabularies(
-        users=Vocabulary.from_keys(user_keys),
-        items=Vocabulary.from_keys(item_keys),
-        cates=Vocabulary.from_keys(cate_keys),
-        # Behaviour ids arrive encoded; identity keys until the caller names them.
-        behaviors=None if behaviors is None else Vocabulary.from_keys(np.arange(FIRST_ID, num_behaviors, dtype=np.int64)),
-        item_categories=pa.table({"item": pa.array(list(cate_of), pa.int64()), "cate": pa.array(list(cate_of.values()), pa.int64())}),
     )
     return out, spec, vocabularies
 

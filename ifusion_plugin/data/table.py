@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,9 @@ __all__ = [
     "read_split_tables",
     "validate_table",
     "build_vocabularies",
+    "TrainVocabularies",
     "encode_table",
+    "iter_split",
 ]
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "label", "item_history")
@@ -159,6 +161,68 @@ def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error")
     return table
 
 
+#: Rows per batch when a split is streamed: the build holds one batch's columns at a time.
+STREAM_ROWS = 65536
+
+
+def _file_batches(path: str, list_separator: str, on_bad_line: OnBadLine, rows: int) -> Iterator[pa.Table]:
+    """A file's rows ``rows`` at a time: Parquet by row-group batches (never the whole file in
+    memory), CSV a file at a time (a CSV shard is bounded by how its writer sharded it)."""
+    if path.endswith(".parquet"):
+        parquet = pq.ParquetFile(path)
+        if parquet.metadata.num_rows == 0:
+            yield parquet.read()  # no batches, but the columns (an empty split is still a split)
+            return
+        for batch in parquet.iter_batches(batch_size=rows):
+            yield pa.Table.from_batches([batch])
+        return
+    table = _read_file(path, list_separator, on_bad_line)
+    for start in range(0, max(table.num_rows, 1), rows):
+        yield table.slice(start, rows)
+
+
+def iter_split(root: str, split: str, list_separator: str = " ", on_bad_line: OnBadLine = "error",
+               rows: Optional[int] = None) -> Iterator[pa.Table]:
+    """Stream one split of a table dataset as validated tables of at most ``rows`` rows.
+
+    Shards are read in name order, each Parquet file by row-group batches, so memory holds one
+    batch, not the split. A row named in an error counts from the start of its file.
+
+    Args:
+        root: see :func:`find_split_files`.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        list_separator, on_bad_line: as for :func:`read_split_tables`.
+        rows: rows per batch (default :data:`STREAM_ROWS`).
+
+    Raises:
+        FileNotFoundError: see :func:`find_split_files`.
+        ValueError: a validation error from :func:`validate_table`, or a single file whose
+            ``split`` column is missing or holds an unknown value.
+    """
+    files = find_split_files(root)
+    single = len(set(files.values())) == 1
+    aliases = pa.array([alias for alias, target in _SPLIT_ALIASES.items() if target == split])
+    for shard in split_files(files[split]):
+        first_row = 0
+        for table in _file_batches(shard, list_separator, on_bad_line, rows or STREAM_ROWS):
+            validate_table(table, shard, first_row=first_row)
+            first_row += table.num_rows
+            if single:
+                table = table.filter(pc.is_in(_split_names(table, shard), value_set=aliases))
+            yield table
+
+
+def _split_names(table: pa.Table, path: str) -> pa.ChunkedArray:
+    """The lower-cased ``split`` column of a single-file table, checked against the known names."""
+    if "split" not in table.column_names:
+        raise ValueError(f"{path}: a single-file table needs a 'split' column with values train/valid/test")
+    names = pc.utf8_lower(table["split"].cast(pa.string()))
+    unknown = pc.unique(pc.filter(names, pc.invert(pc.is_in(names, value_set=pa.array(list(_SPLIT_ALIASES))))))
+    if len(unknown):
+        raise ValueError(f"{path}: column 'split' must hold train/valid/test (or val/validation), got {unknown.to_pylist()[:5]}")
+    return names
+
+
 def column_names(path: str) -> list[str]:
     """The column names of one split file (a Parquet schema or a CSV header), without reading rows."""
     if path.endswith(".parquet"):
@@ -189,14 +253,7 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
     if len(set(files.values())) == 1:
         path = files["train"]
         table = _read_split(path, list_separator, on_bad_line)
-        if "split" not in table.column_names:
-            raise ValueError(f"{path}: a single-file table needs a 'split' column with values train/valid/test")
-        names = pc.utf8_lower(table["split"].cast(pa.string()))
-        unknown = pc.unique(pc.filter(names, pc.invert(pc.is_in(names, value_set=pa.array(list(_SPLIT_ALIASES))))))
-        if len(unknown):
-            raise ValueError(
-                f"{path}: column 'split' must hold train/valid/test (or val/validation), got {unknown.to_pylist()[:5]}"
-            )
+        names = _split_names(table, path)
         for split in SPLITS:
             aliases = [alias for alias, target in _SPLIT_ALIASES.items() if target == split]
             tables[split] = table.filter(pc.is_in(names, value_set=pa.array(aliases)))
@@ -208,11 +265,12 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
     return tables
 
 
-def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> None:
+def validate_table(table: pa.Table, source: str, *, labelled: bool = True, first_row: int = 0) -> None:
     """Check a table against the format; raise ``ValueError`` naming the file, column and row.
 
     Empty histories are allowed (the zero-data case). ``labelled=False`` checks serving requests,
-    which have no ``label``.
+    which have no ``label``. ``first_row``: the file row of the table's first row (a streamed
+    batch), added to the rows named.
     """
     required = [name for name in REQUIRED_COLUMNS if labelled or name != "label"]
     missing = [name for name in required if name not in table.column_names]
@@ -226,10 +284,10 @@ def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> No
         if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             raise ValueError(f"{source}: column {name!r} must hold integers or strings, got type {column.type}")
         if column.null_count:
-            row = _first_row(pc.is_null(column))
+            row = first_row + _first_row(pc.is_null(column))
             raise ValueError(f"{source}: column {name!r} has a missing value at row {row}")
     if "label" in table.column_names:
-        _validate_labels(table["label"], source)
+        _validate_labels(table["label"], source, first_row)
     for name in LIST_COLUMNS:
         if name not in table.column_names:
             continue
@@ -237,7 +295,7 @@ def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> No
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
             raise ValueError(f"{source}: column {name!r} must be a list column (a list of ids per row), got type {column.type}")
         if column.null_count:
-            row = _first_row(pc.is_null(column))
+            row = first_row + _first_row(pc.is_null(column))
             raise ValueError(f"{source}: column {name!r} is null at row {row} (write an empty list for no history)")
     lengths = pc.list_value_length(table["item_history"])
     for name in ("cate_history", "history_timestamps", "behavior_history"):
@@ -247,7 +305,7 @@ def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> No
                 row = _first_row(differs)
                 raise ValueError(
                     f"{source}: column {name!r} must have as many entries as 'item_history' in every row; "
-                    f"row {row} has {pc.list_value_length(table[name])[row].as_py()} vs {lengths[row].as_py()}"
+                    f"row {first_row + row} has {pc.list_value_length(table[name])[row].as_py()} vs {lengths[row].as_py()}"
                 )
     if "history_timestamps" in table.column_names:
         values = pc.list_flatten(table["history_timestamps"])
@@ -255,17 +313,17 @@ def validate_table(table: pa.Table, source: str, *, labelled: bool = True) -> No
             raise ValueError(f"{source}: column 'history_timestamps' must hold numbers (unix seconds), got {values.type}")
 
 
-def _validate_labels(column: pa.ChunkedArray, source: str) -> None:
+def _validate_labels(column: pa.ChunkedArray, source: str, first_row: int = 0) -> None:
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)):
         raise ValueError(f"{source}: column 'label' must be 0/1 numbers or booleans, got type {column.type}")
     if column.null_count:
-        raise ValueError(f"{source}: column 'label' has a missing value at row {_first_row(pc.is_null(column))}")
+        raise ValueError(f"{source}: column 'label' has a missing value at row {first_row + _first_row(pc.is_null(column))}")
     if pa.types.is_boolean(column.type):
         return
     outside = pc.invert(pc.is_in(column.cast(pa.float64()), value_set=pa.array([0.0, 1.0])))
     if pc.any(outside).as_py():
         row = _first_row(outside)
-        raise ValueError(f"{source}: column 'label' must be 0 or 1; row {row} holds {column[row].as_py()!r}")
+        raise ValueError(f"{source}: column 'label' must be 0 or 1; row {first_row + row} holds {column[row].as_py()!r}")
 
 
 def _first_row(flags: pa.ChunkedArray | pa.Array) -> int:
@@ -279,30 +337,88 @@ def _joined(*columns: "pa.Array | pa.ChunkedArray") -> pa.ChunkedArray:
     return pa.chunked_array(chunks, type=chunks[0].type if chunks else None)
 
 
-def build_vocabularies(train: pa.Table, context_columns: Sequence[str] = ()) -> TableVocabularies:
-    """Vocabularies from the train split: candidates and histories share the item space."""
-    for name in context_columns:
-        if name not in train.column_names:
-            raise ValueError(f"context_columns names {name!r}, which the table does not have (columns: {train.column_names})")
-    history = pc.list_flatten(train["item_history"]).cast(train["item_id"].type)
-    items = _joined(train["item_id"], history)
-    cates = catalogue = None
-    if "cate_id" in train.column_names:
-        parts = [train["cate_id"]]
-        paired_items = [train["item_id"]]
-        if "cate_history" in train.column_names:
-            parts.append(pc.list_flatten(train["cate_history"]).cast(train["cate_id"].type))
-            paired_items.append(history)
-        cates = Vocabulary(_joined(*parts))
-        catalogue = Vocabularies.catalogue(_joined(*paired_items), _joined(*parts))
-    return Vocabularies(
-        users=Vocabulary(train["user_id"]),
-        items=Vocabulary(items),
-        cates=cates,
-        context={name: Vocabulary(train[name]) for name in context_columns},
-        behaviors=Vocabulary(pc.list_flatten(train["behavior_history"])) if "behavior_history" in train.column_names else None,
-        item_categories=catalogue,
-    )
+def build_vocabularies(train: "pa.Table | Iterable[pa.Table]", context_columns: Sequence[str] = ()) -> TableVocabularies:
+    """Vocabularies from the train split (a table, or its batches as :func:`iter_split` streams
+    them: memory then holds the distinct ids, not the split); candidates and histories share the
+    item space."""
+    vocabularies = TrainVocabularies(context_columns)
+    for table in [train] if isinstance(train, pa.Table) else train:
+        vocabularies.add(table)
+    return vocabularies.finish()
+
+
+class TrainVocabularies:
+    """Collects the distinct ids of the train split batch by batch (:func:`build_vocabularies`).
+
+    Args:
+        context_columns: the context columns to build vocabularies for.
+    """
+
+    def __init__(self, context_columns: Sequence[str] = ()) -> None:
+        self.context_columns = list(context_columns)
+        self._distinct: dict[str, list[pa.Array]] = {}
+        self._catalogues: list[pa.Table] = []
+        self._columns: Optional[list[str]] = None
+
+    def _keep(self, name: str, values: "pa.Array | pa.ChunkedArray") -> None:
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        self._distinct.setdefault(name, []).append(pc.unique(values))
+
+    def add(self, train: pa.Table) -> None:
+        """Take in one validated batch of the train split."""
+        for name in self.context_columns:
+            if name not in train.column_names:
+                raise ValueError(f"context_columns names {name!r}, which the table does not have (columns: {train.column_names})")
+        columns = [name for name in ("cate_id", "cate_history", "behavior_history") if name in train.column_names]
+        if self._columns is None:
+            self._columns = columns
+        elif columns != self._columns:
+            raise ValueError(f"the train split's files differ in their optional columns: {self._columns} vs {columns}")
+        history = pc.list_flatten(train["item_history"]).cast(train["item_id"].type)
+        self._keep("users", train["user_id"])
+        self._keep("items", train["item_id"])
+        self._keep("items", history)
+        if "cate_id" in train.column_names:
+            cates = [train["cate_id"]]
+            paired_items = [train["item_id"]]
+            if "cate_history" in train.column_names:
+                cates.append(pc.list_flatten(train["cate_history"]).cast(train["cate_id"].type))
+                paired_items.append(history)
+            for values in cates:
+                self._keep("cates", values)
+            # Each batch's last pair per item (candidates, then histories); the batches'
+            # catalogues are reduced the same way, so a later batch's pair wins.
+            self._catalogues.append(Vocabularies.catalogue(_joined(*paired_items), _joined(*cates)))
+        for name in self.context_columns:
+            self._keep(f"context:{name}", train[name])
+        if "behavior_history" in train.column_names:
+            self._keep("behaviors", pc.list_flatten(train["behavior_history"]))
+
+    def _vocabulary(self, name: str) -> Vocabulary:
+        parts = self._distinct.get(name, [])
+        if not parts:
+            return Vocabulary(pa.array([], type=pa.int64()))
+        try:
+            return Vocabulary(pa.chunked_array([part.cast(parts[0].type) for part in parts]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise ValueError(f"the train split's {name} ids change type between files or batches "
+                             f"(first {parts[0].type}): {error}") from None
+
+    def finish(self) -> TableVocabularies:
+        """The vocabularies of everything added."""
+        columns = self._columns or []
+        catalogue = None
+        if self._catalogues:
+            catalogue = pa.concat_tables(self._catalogues, promote_options="default")
+            catalogue = Vocabularies.catalogue(catalogue["item"], catalogue["cate"])
+        return Vocabularies(
+            users=self._vocabulary("users"),
+            items=self._vocabulary("items"),
+            cates=self._vocabulary("cates") if "cate_id" in columns else None,
+            context={name: self._vocabulary(f"context:{name}") for name in self.context_columns},
+            behaviors=self._vocabulary("behaviors") if "behavior_history" in columns else None,
+            item_categories=catalogue,
+        )
 
 
 def encode_table(
@@ -329,11 +445,11 @@ def encode_table(
             filters without a ``behavior_history`` column.
     """
     rows = table.num_rows
-    item_type = vocabularies.items.keys.type
     history = table["item_history"].combine_chunks()
     offsets = history.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
-    flat_items = vocabularies.items.encode(history.flatten().cast(item_type) if len(history.flatten()) else history.flatten())
+    # Histories spell ids as the candidates do (a CSV history is text even for integer ids).
+    flat_items = vocabularies.items.encode(history.flatten().cast(table["item_id"].type) if len(history.flatten()) else history.flatten())
     if vocabularies.cates is not None and "cate_history" in table.column_names:
         cate_hist = table["cate_history"].combine_chunks()
         flat_cates = vocabularies.cates.encode(cate_hist.flatten())

@@ -3,23 +3,27 @@
 :class:`TableDataModule` reads the format of :mod:`ifusion_plugin.data.table` (``train``/``valid``/
 ``test`` ``.parquet``/``.csv`` files in a directory, or one file with a ``split`` column), builds
 the vocabularies from the train split (unseen ids -> ``OOV_ID``), splits each history with
-:func:`~ifusion_plugin.data.sequences.split_history` and caches the encoded splits as ``datasets``
-Arrow datasets like every other source. See ``docs/table.md``.
+:func:`~ifusion_plugin.data.sequences.split_history` and caches the encoded splits like every
+other source. The build streams: Parquet shards are read by row-group batches of
+:data:`~ifusion_plugin.data.table.STREAM_ROWS` rows, once for the vocabularies and once to
+encode, and each encoded batch is written before the next is read, so memory holds one batch
+and the vocabularies, not the table. See ``docs/table.md``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..batch import FIRST_ID, FeatureSpec
-from .cache import RAW_ID_COLUMNS, SplitArrays
+from .cache import RAW_ID_COLUMNS, SplitArrays, SplitColumns
 from .datamodule import CTRDataModule
+from .hashing import ID_ENCODINGS, HashedIds
 from .requests import RequestFeatures
 from .table import (
     TableVocabularies,
@@ -27,8 +31,9 @@ from .table import (
     build_vocabularies,
     column_names,
     encode_table,
+    SPLITS,
     find_split_files,
-    read_split_tables,
+    iter_split,
     split_files,
     vocabulary_sizes,
 )
@@ -61,6 +66,15 @@ class TableDataModule(CTRDataModule):
             as ``python -m ifusion_plugin.data.export`` writes them: they are used unchanged
             instead of building vocabularies from train, with the sizes of ``root/export.json``
             when present (else the largest id over all splits + 1).
+        id_encoding: ``"vocabulary"`` (the default: vocabularies of the ids train sees, unseen
+            ids OOV) or ``"hash"``: users, items, categories and context values are indexed by
+            a stable hash of the raw id modulo ``hash_buckets``
+            (:mod:`~ifusion_plugin.data.hashing`): no vocabulary pass, no vocabulary in memory,
+            for id spaces too large or too open to enumerate; colliding ids share a row, and
+            serving requests must then name each candidate's category (no item catalogue is
+            kept). Behaviour types keep a vocabulary.
+        hash_buckets: buckets per hashed id kind (the embedding tables get ``hash_buckets + 2``
+            rows); used with ``id_encoding="hash"``.
         long_len, num_sessions, session_len, session_split, session_gap_seconds,
             long_includes_short: the long/short split, see
             :class:`~ifusion_plugin.data.sequences.SequenceOptions`; ``time_gap`` needs a
@@ -90,9 +104,17 @@ class TableDataModule(CTRDataModule):
         encoded_ids: bool = False,
         long_behaviors: Optional[Sequence[Union[int, str]]] = None,
         session_behaviors: Optional[Sequence[Union[int, str]]] = None,
+        id_encoding: Literal["vocabulary", "hash"] = "vocabulary",
+        hash_buckets: int = 1 << 20,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if id_encoding not in ID_ENCODINGS:
+            raise ValueError(f"id_encoding must be one of {ID_ENCODINGS}, got {id_encoding!r}")
+        if isinstance(hash_buckets, bool) or not isinstance(hash_buckets, int) or hash_buckets < 1:
+            raise ValueError(f"hash_buckets must be a positive int, got {hash_buckets!r}")
+        if id_encoding == "hash" and encoded_ids:
+            raise ValueError("id_encoding='hash' and encoded_ids=True exclude each other: encoded ids are indices already")
         for name, value in (("long_behaviors", long_behaviors), ("session_behaviors", session_behaviors)):
             if value is not None and (isinstance(value, str) or len(value) == 0):
                 raise ValueError(f"{name} must be a non-empty list of behaviour types, got {value!r}")
@@ -106,6 +128,8 @@ class TableDataModule(CTRDataModule):
         self.context_columns = list(context_columns)
         self.list_separator = list_separator
         self.encoded_ids = encoded_ids
+        self.id_encoding = id_encoding
+        self.hash_buckets = hash_buckets
 
     # --- CTRDataModule hooks ---------------------------------------------------------------
     def _source_name(self) -> str:
@@ -128,29 +152,49 @@ class TableDataModule(CTRDataModule):
             "long_behaviors": self.long_behaviors,
             "session_behaviors": self.session_behaviors,
             "on_bad_line": self.on_bad_line,
+            **({"id_encoding": "hash", "hash_buckets": self.hash_buckets} if self.id_encoding == "hash" else {}),
         }
 
-    def _build(self) -> tuple[SplitArrays, FeatureSpec, TableVocabularies]:
-        tables = read_split_tables(self.root, self.list_separator, self.on_bad_line)
-        for name in self.context_columns:
-            for split, table in tables.items():
+    def _batches(self, split: str) -> Iterator[pa.Table]:
+        """The validated batches of ``split``, checked for the context columns."""
+        for table in iter_split(self.root, split, self.list_separator, self.on_bad_line):
+            for name in self.context_columns:
                 if name not in table.column_names:
                     raise ValueError(
                         f"{find_split_files(self.root)[split]}: context_columns names {name!r}, which this file does not "
                         f"have (columns: {table.column_names})"
                     )
-        vocabularies = self._identity_vocabularies(tables) if self.encoded_ids else build_vocabularies(
-            tables["train"], self.context_columns
-        )
-        splits = {
-            split: {
+            yield table
+
+    def _encoded(self, split: str, vocabularies: TableVocabularies) -> Iterator[SplitColumns]:
+        for table in self._batches(split):
+            yield {
                 **encode_table(table, vocabularies, self.sequence_options, self.context_columns,
                                self.long_behaviors, self.session_behaviors),
                 # Kept as written (ints or strings), so predictions name ids unseen in train too.
                 **{name: table[name] for name in RAW_ID_COLUMNS},
             }
-            for split, table in tables.items()
-        }
+
+    def _vocabularies(self) -> TableVocabularies:
+        if self.encoded_ids:
+            return self._identity_vocabularies()
+        if self.id_encoding == "vocabulary":
+            return build_vocabularies(self._batches("train"), self.context_columns)
+        # Hashed ids need no pass over the data, except for the (few) behaviour types.
+        first = next(self._batches("train"))
+        behaviors = None
+        if "behavior_history" in first.column_names:
+            behaviors = build_vocabularies(
+                (batch.select(["user_id", "item_id", "item_history", "behavior_history"]) for batch in self._batches("train"))
+            ).behaviors
+        hashed = HashedIds(self.hash_buckets)
+        return TableVocabularies(users=hashed, items=hashed, cates=hashed if "cate_id" in first.column_names else None,
+                                 context={name: hashed for name in self.context_columns}, behaviors=behaviors)
+
+    def _build(self) -> tuple[SplitArrays, FeatureSpec, TableVocabularies]:
+        vocabularies = self._vocabularies()
+        # Generators: the cache writes each encoded batch before the next one is read.
+        splits = {split: self._encoded(split, vocabularies) for split in SPLITS}
         options = self.sequence_options
         spec = FeatureSpec(
             **vocabulary_sizes(vocabularies, self.context_columns),  # type: ignore[arg-type]
@@ -178,7 +222,7 @@ class TableDataModule(CTRDataModule):
         path = os.path.join(directory, EXPORT_META)
         return path if os.path.isfile(path) else None
 
-    def _identity_vocabularies(self, tables: dict[str, pa.Table]) -> TableVocabularies:
+    def _identity_vocabularies(self) -> TableVocabularies:
         """Vocabularies mapping each id ``2 <= v < size`` to itself and anything else to OOV.
 
         Sizes come from ``export.json`` (``feature_spec``) when present, else the largest id over
@@ -192,10 +236,15 @@ class TableDataModule(CTRDataModule):
             sizes = {key: int(spec[field]) for key, field in
                      (("user_id", "num_users"), ("item_id", "num_items"), ("cate_id", "num_cates")) if field in spec}
 
-        def largest(columns: Sequence[str]) -> int:
-            top = FIRST_ID - 1
-            for table in tables.values():
-                for name in columns:
+        # One streamed pass over every split: the largest id of each column and which columns exist.
+        tops: dict[str, int] = {}
+        train_columns: set[str] = set()
+        id_columns = ["user_id", "item_id", "item_history", "cate_id", "cate_history", "behavior_history", *self.context_columns]
+        for split in SPLITS:
+            for table in self._batches(split):
+                if split == "train":
+                    train_columns |= set(table.column_names)
+                for name in id_columns:
                     if name not in table.column_names:
                         continue
                     column = table[name]
@@ -208,17 +257,19 @@ class TableDataModule(CTRDataModule):
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
                         raise ValueError(f"encoded_ids=True needs integer ids; column {name!r}: {error}") from error
                     if value is not None:
-                        top = max(top, int(value))
-            return top + 1
+                        tops[name] = max(tops.get(name, value), int(value))
+
+        def largest(columns: Sequence[str]) -> int:
+            return max([FIRST_ID - 1] + [tops[name] for name in columns if name in tops]) + 1
 
         def identity(size: int) -> Vocabulary:
             return Vocabulary(pa.array(np.arange(FIRST_ID, max(size, FIRST_ID), dtype=np.int64)))
 
-        has_cates = "cate_id" in tables["train"].column_names
+        has_cates = "cate_id" in train_columns
         return TableVocabularies(
             users=identity(sizes.get("user_id", largest(["user_id"]))),
             items=identity(sizes.get("item_id", largest(["item_id", "item_history"]))),
             cates=identity(sizes.get("cate_id", largest(["cate_id", "cate_history"]))) if has_cates else None,
             context={name: identity(largest([name])) for name in self.context_columns},
-            behaviors=identity(largest(["behavior_history"])) if "behavior_history" in tables["train"].column_names else None,
+            behaviors=identity(largest(["behavior_history"])) if "behavior_history" in train_columns else None,
         )

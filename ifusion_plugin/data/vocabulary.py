@@ -6,9 +6,11 @@ cache stores them (``vocab/``), so that a serving bundle can turn the ids a requ
 the model's inputs exactly as training did (``cli export`` copies them beside the programs).
 
 On disk (:meth:`Vocabularies.save`): one Parquet file per vocabulary with its keys in index
-order (column ``raw``: row ``r`` has index ``r + 2``), ``item_categories.parquet`` (the raw
-category of each item the source knows, columns ``item`` and ``cate``), and
-``vocabularies.json`` naming the files and the context columns in input order.
+order (column ``raw``: row ``r`` has index ``r + 2``) -- or, for hashed ids
+(:class:`~ifusion_plugin.data.hashing.HashedIds`, ``id_encoding: hash``), a JSON file with the
+bucket count --, ``item_categories.parquet`` (the raw category of each item the source knows,
+columns ``item`` and ``cate``), and ``vocabularies.json`` naming the files and the context
+columns in input order.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..batch import FIRST_ID, OOV_ID
+from .hashing import HashedIds
 
 __all__ = ["Vocabulary", "Vocabularies", "VOCABULARIES_MANIFEST"]
 
@@ -106,7 +109,8 @@ class Vocabularies:
     """The vocabularies of one dataset, built from what its train split sees.
 
     Attributes:
-        users, items: user and item ids (candidates and histories share the item space).
+        users, items: user and item ids (candidates and histories share the item space); this
+            and the next two may be :class:`~ifusion_plugin.data.hashing.HashedIds` instead.
         cates: category ids, ``None`` when the data has no categories (every category is then OOV).
         context: one vocabulary per context column, in the model's input order.
         behaviors: behaviour types of the session behaviours, ``None`` without types.
@@ -116,10 +120,10 @@ class Vocabularies:
             when the source has none.
     """
 
-    users: Vocabulary
-    items: Vocabulary
-    cates: Optional[Vocabulary]
-    context: dict[str, Vocabulary] = field(default_factory=dict)
+    users: "Vocabulary | HashedIds"
+    items: "Vocabulary | HashedIds"
+    cates: "Optional[Vocabulary | HashedIds]"
+    context: "dict[str, Vocabulary | HashedIds]" = field(default_factory=dict)
     behaviors: Optional[Vocabulary] = None
     item_categories: Optional[pa.Table] = None
 
@@ -139,11 +143,12 @@ class Vocabularies:
         cates = cates.combine_chunks() if isinstance(cates, pa.ChunkedArray) else cates
         keep = pc.is_valid(cates)
         items, cates = items.filter(keep), cates.filter(keep)
-        # np.unique on the reversed pairs finds each item's last pair explicitly.
-        index = Vocabulary(items).encode(items)[::-1]
-        _, first = np.unique(index, return_index=True)
-        last = len(index) - 1 - first
-        return pa.table({"item": items.take(pa.array(last)), "cate": cates.take(pa.array(last))})
+        # Each item's last position by a hash aggregation (no sort of all pairs), listed in item
+        # order so that the catalogue does not depend on threads or on how the data was batched.
+        positions = pa.table({"item": items, "at": pa.array(np.arange(len(items), dtype=np.int64))})
+        last = positions.group_by("item", use_threads=False).aggregate([("at", "max")])
+        last = last.take(pc.sort_indices(last, sort_keys=[("item", "ascending")]))["at_max"]
+        return pa.table({"item": items.take(last), "cate": cates.take(last)})
 
     def categories_of(self, items: "pa.Array | pa.ChunkedArray") -> pa.Array:
         """Raw categories of raw ``items`` from :attr:`item_categories` (null for unknown items).
@@ -162,23 +167,18 @@ class Vocabularies:
     def save(self, directory: str) -> None:
         """Write every vocabulary under ``directory`` (created; existing files are replaced)."""
         os.makedirs(directory, exist_ok=True)
-        parts: dict[str, object] = {"users": "users.parquet", "items": "items.parquet"}
-        self.users.save(os.path.join(directory, "users.parquet"))
-        self.items.save(os.path.join(directory, "items.parquet"))
+        parts: dict[str, object] = {"users": _save_part(directory, "users", self.users),
+                                    "items": _save_part(directory, "items", self.items)}
         if self.item_categories is not None:
             parts["item_categories"] = "item_categories.parquet"
             pq.write_table(self.item_categories, os.path.join(directory, "item_categories.parquet"))
         if self.cates is not None:
-            parts["cates"] = "cates.parquet"
-            self.cates.save(os.path.join(directory, "cates.parquet"))
+            parts["cates"] = _save_part(directory, "cates", self.cates)
         if self.behaviors is not None:
-            parts["behaviors"] = "behaviors.parquet"
-            self.behaviors.save(os.path.join(directory, "behaviors.parquet"))
-        context_files = {}
-        for index, (name, vocabulary) in enumerate(self.context.items()):
-            context_files[name] = f"context-{index}.parquet"  # column names may hold any character
-            vocabulary.save(os.path.join(directory, context_files[name]))
-        parts["context"] = context_files
+            parts["behaviors"] = _save_part(directory, "behaviors", self.behaviors)
+        # Column names may hold any character: files are numbered.
+        parts["context"] = {name: _save_part(directory, f"context-{index}", vocabulary)
+                            for index, (name, vocabulary) in enumerate(self.context.items())}
         with open(os.path.join(directory, VOCABULARIES_MANIFEST), "w", encoding="utf-8") as handle:
             json.dump(parts, handle, indent=1)
 
@@ -195,15 +195,27 @@ class Vocabularies:
         with open(manifest, encoding="utf-8") as handle:
             parts = json.load(handle)
 
-        def load(name: str) -> Optional[Vocabulary]:
-            return Vocabulary.load(os.path.join(directory, parts[name])) if name in parts else None
+        def load(name: str) -> "Optional[Vocabulary | HashedIds]":
+            return _load_part(directory, parts[name]) if name in parts else None
 
         return cls(
             users=load("users"),  # type: ignore[arg-type]
             items=load("items"),  # type: ignore[arg-type]
             cates=load("cates"),
-            context={name: Vocabulary.load(os.path.join(directory, file)) for name, file in parts.get("context", {}).items()},
+            context={name: _load_part(directory, file) for name, file in parts.get("context", {}).items()},
             behaviors=load("behaviors"),
             item_categories=(pq.read_table(os.path.join(directory, parts["item_categories"]))
                              if "item_categories" in parts else None),
         )
+
+
+def _save_part(directory: str, stem: str, vocabulary: "Vocabulary | HashedIds") -> str:
+    """Save one vocabulary as ``stem.parquet`` (its keys) or ``stem.json`` (hashed ids); returns the file name."""
+    name = stem + (".json" if isinstance(vocabulary, HashedIds) else ".parquet")
+    vocabulary.save(os.path.join(directory, name))
+    return name
+
+
+def _load_part(directory: str, name: str) -> "Vocabulary | HashedIds":
+    path = os.path.join(directory, name)
+    return HashedIds.load(path) if name.endswith(".json") else Vocabulary.load(path)

@@ -115,7 +115,7 @@ def test_table_behavior_history_column(tmp_path):
     bad = pd.DataFrame(rows)
     bad.at[2, "behavior_history"] = ["pv"]
     bad.to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match=r"column 'behavior_history' must have as many entries as 'item_history' in every row; row 0 has 1 vs 6"):
+    with pytest.raises(ValueError, match=r"column 'behavior_history' must have as many entries as 'item_history' in every row; row 2 has 1 vs 6"):
         TableDataModule(root=str(tmp_path / "bad.parquet"), cache_dir=str(tmp_path / "e")).feature_spec
     no_types = pd.DataFrame(rows).drop(columns=["behavior_history"])
     no_types.to_parquet(tmp_path / "plain.parquet")

@@ -1,0 +1,222 @@
+"""The on-disk form of a cached split: compact Arrow IPC files, memory-mapped, decoded per batch.
+
+A split's sample columns arrive as numpy arrays of shape ``(S, *shape)`` (``S`` samples). On
+disk:
+
+- a column of shape ``(S,)`` is one int32 array (int64 where a value needs it; ``label``
+  float32);
+- a column of shape ``(S, *shape)`` with ``shape`` non-empty (histories, sessions, context) is a
+  ragged ``list<int32>``: each sample's values flattened in C order, with the leading
+  :data:`~ifusion_plugin.batch.PAD_ID` run removed. Histories are padded at the front, so a
+  short history costs its length, not ``L`` int64s. Decoding right-aligns each row into
+  ``prod(shape)`` zeros, which restores any int array exactly (interior zeros are kept).
+
+Chunks (record batches) are written one at a time (:class:`SplitWriter`), so a source can stream
+a split larger than memory; :func:`open_split` memory-maps the file and :class:`StoredSplit`
+gathers index batches from it without reading the split into RAM.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["StoredSplit", "SplitWriter", "open_split", "SPLIT_FILE"]
+
+#: The file of one split inside a cache directory's split folder.
+SPLIT_FILE = "samples.arrow"
+_INT32 = np.iinfo(np.int32)
+
+
+def _scalar_array(name: str, values: np.ndarray, wide: bool) -> pa.Array:
+    if name == "label":
+        return pa.array(values.astype(np.float32, copy=False))
+    return pa.array(values.astype(np.int64 if wide else np.int32, copy=False))
+
+
+def _ragged_array(values: np.ndarray) -> pa.Array:
+    """Rows of ``values`` (``(S, W)`` ints) without their leading zeros, as ``list<int32>``."""
+    rows, width = values.shape
+    nonzero = values != 0
+    has_any = nonzero.any(axis=1)
+    first = np.where(has_any, nonzero.argmax(axis=1), width)  # index of the first kept value
+    lengths = width - first
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    keep = np.arange(width)[None, :] >= first[:, None]
+    flat = values[keep].astype(np.int32, copy=False)  # row-major: each row's kept tail in order
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+class SplitWriter:
+    """Writes one split's chunks to ``path`` (an Arrow IPC file) as they come.
+
+    Args:
+        path: the file to write (its directory must exist).
+
+    The first chunk fixes the columns, their per-sample shapes and whether an integer column
+    needs int64; a later chunk with other columns or shapes raises ``ValueError``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows = 0
+        self.shapes: Optional[dict[str, list[int]]] = None
+        self._wide: dict[str, bool] = {}
+        self._writer: Optional[pa.ipc.RecordBatchFileWriter] = None
+
+    def write(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append a chunk: ``columns`` maps names to arrays of shape ``(S_chunk, *shape)``."""
+        arrays = {name: np.asarray(values) for name, values in columns.items()}
+        shapes = {name: list(values.shape[1:]) for name, values in arrays.items()}
+        lengths = {len(values) for values in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"{self.path}: a chunk's columns must have one length, got "
+                             + ", ".join(f"{name} {len(values)}" for name, values in arrays.items()))
+        if self.shapes is None:
+            self.shapes = shapes
+            for name, values in arrays.items():
+                if not shapes[name] and name != "label":
+                    # Ids beyond int32 keep int64 for the whole split (decided on the first chunk
+                    # and checked on the others).
+                    self._wide[name] = bool(values.size) and (values.min() < _INT32.min or values.max() > _INT32.max)
+        elif shapes != self.shapes:
+            raise ValueError(f"{self.path}: a chunk's columns differ from the first chunk's, expected {self.shapes}, got {shapes}")
+        batch_arrays = []
+        for name, values in arrays.items():
+            if values.dtype.kind not in "iub" and name != "label":
+                raise ValueError(f"{self.path}: column {name!r} must hold integers, got dtype {values.dtype}")
+            if name != "label" and values.size and not self._wide.get(name, False) and (
+                    values.min() < _INT32.min or values.max() > _INT32.max):
+                raise ValueError(f"{self.path}: column {name!r} holds ids outside int32 ({values.min()}..{values.max()}); "
+                                 "ids must be vocabulary indices")
+            if shapes[name]:
+                batch_arrays.append(_ragged_array(values.reshape(len(values), math.prod(shapes[name]))))
+            else:
+                batch_arrays.append(_scalar_array(name, values, self._wide.get(name, False)))
+        batch = pa.RecordBatch.from_arrays(batch_arrays, names=list(arrays))
+        if self._writer is None:
+            self._writer = pa.ipc.new_file(self.path, batch.schema)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> dict[str, list[int]]:
+        """Finish the file and return the per-sample shapes (``{}`` for a split without chunks)."""
+        if self._writer is None:
+            raise ValueError(f"{self.path}: a split needs at least one chunk (an empty one is fine)")
+        self._writer.close()
+        return dict(self.shapes or {})
+
+
+def open_split(path: str, shapes: Mapping[str, Sequence[int]]) -> "StoredSplit":
+    """Memory-map the split file ``path`` written by :class:`SplitWriter` with these ``shapes``."""
+    with pa.memory_map(path, "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+    return StoredSplit(table, shapes)
+
+
+class StoredSplit:
+    """A cached split: decodes index batches of the compact columns to padded numpy arrays.
+
+    Args:
+        table: the split as written by :class:`SplitWriter` (memory-mapped: its buffers stay on
+            disk until read).
+        shapes: per column, the per-sample shape (``[]`` for one value per sample).
+
+    ``split[index]`` with an int array, a slice or an int returns ``{name: array}`` of shape
+    ``(len(index), *shape)`` (int64; ``label`` float32); ``split[name]`` returns one whole column
+    of shape ``(S, *shape)``.
+    """
+
+    def __init__(self, table: pa.Table, shapes: Mapping[str, Sequence[int]]) -> None:
+        self.table = table
+        self.shapes = {name: tuple(int(s) for s in shapes[name]) for name in table.column_names}
+        starts, start = [], 0
+        self._chunks: dict[str, list[tuple[np.ndarray, Optional[np.ndarray]]]] = {name: [] for name in table.column_names}
+        for batch in table.to_batches():
+            for name in table.column_names:
+                column = batch.column(name)
+                if self.shapes[name]:
+                    offsets = column.offsets.to_numpy()
+                    # Values are read through the offsets, so a sliced chunk needs no copy.
+                    self._chunks[name].append((column.values.to_numpy(), offsets))
+                else:
+                    self._chunks[name].append((column.to_numpy(), None))
+            starts.append(start)
+            start += batch.num_rows
+        self._starts = np.asarray(starts + [start], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        """The stored sample columns."""
+        return list(self.table.column_names)
+
+    def select_columns(self, names: Sequence[str]) -> "StoredSplit":
+        """The same split with only ``names`` (no data is read)."""
+        missing = [name for name in names if name not in self.shapes]
+        if missing:
+            raise KeyError(f"no column(s) {missing} in this split; it has {self.column_names}")
+        return StoredSplit(self.table.select(list(names)), {name: self.shapes[name] for name in names})
+
+    def __getitem__(self, index: "str | int | slice | np.ndarray | Sequence[int]") -> "np.ndarray | dict[str, np.ndarray]":
+        if isinstance(index, str):
+            return self.select_columns([index])[:][index]
+        if isinstance(index, slice):
+            rows = np.arange(len(self))[index]
+        elif np.isscalar(index):
+            position = int(index)  # type: ignore[arg-type]
+            if not -len(self) <= position < len(self):
+                raise IndexError(f"row {position} is outside this split of {len(self)} rows")
+            return {name: values[0] for name, values in self.rows(np.asarray([position % len(self)])).items()}
+        else:
+            rows = np.asarray(index, dtype=np.int64)
+        return self.rows(rows)
+
+    def rows(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """Decode the samples at ``index`` (int array of shape ``(B,)``, any order, repeats
+        allowed) to ``{name: (B, *shape)}``."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"rows must lie in [0, {len(self)}), got {index.min()}..{index.max()}")
+        chunk_of = np.searchsorted(self._starts, index, side="right") - 1
+        groups = [(c, chunk_of == c) for c in np.unique(chunk_of)] if len(self._starts) > 2 else [(0, None)]
+        out = {}
+        for name, chunks in self._chunks.items():
+            shape = self.shapes[name]
+            dtype = np.float32 if name == "label" else np.int64
+            column = np.zeros((len(index), math.prod(shape)) if shape else (len(index),), dtype=dtype)
+            for c, selected in groups:
+                local = index - self._starts[c] if selected is None else index[selected] - self._starts[c]
+                values, offsets = chunks[c]
+                target = column if selected is None else column[selected]
+                if offsets is None:
+                    target[...] = values[local]
+                else:
+                    _fill_right_aligned(target, values, offsets, local)
+                if selected is not None:
+                    column[selected] = target
+            out[name] = column.reshape((len(index),) + shape)
+        return out
+
+    def iter_chunks(self, rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:
+        """The whole split decoded ``rows`` samples at a time, in order."""
+        for start in range(0, len(self), rows):
+            yield self.rows(np.arange(start, min(start + rows, len(self))))
+
+
+def _fill_right_aligned(out: np.ndarray, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+    """``out[i, -len:] = row rows[i]`` of a ragged column, for all ``i`` at once (``out`` zeroed)."""
+    begins = offsets[rows].astype(np.int64)
+    lengths = offsets[rows + 1].astype(np.int64) - begins
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[owner, out.shape[1] - lengths[owner] + within] = values[begins[owner] + within]

@@ -1,0 +1,63 @@
+"""The compact split files: lossless for any int array, ragged on disk, read back by index."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from ifusion_plugin.data.storage import SplitWriter, open_split
+
+
+def _columns(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+    lengths = rng.integers(0, 9, rows)
+    long_items = np.where(np.arange(8)[None, :] >= 8 - lengths[:, None], rng.integers(1, 50, (rows, 8)), 0)
+    long_items[::7, -3] = 0  # an interior zero: kept exactly
+    sessions = rng.integers(0, 4, (rows, 3, 2))  # zeros anywhere
+    return {"user": rng.integers(2, 40, rows), "long_items": long_items, "session_items": sessions,
+            "label": rng.integers(0, 2, rows).astype(np.float32)}
+
+
+def test_chunks_round_trip_exactly_in_any_order(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    chunks = [_columns(rng, n) for n in (50, 0, 37)]
+    writer = SplitWriter(str(tmp_path / "s.arrow"))
+    for chunk in chunks:
+        writer.write(chunk)
+    split = open_split(str(tmp_path / "s.arrow"), writer.close())
+    whole = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+    assert len(split) == 87 and split.column_names == list(whole)
+    order = rng.permutation(87)[:40].tolist() + [3, 3, 86]
+    got = split[order]
+    for name, values in whole.items():
+        np.testing.assert_array_equal(got[name], values[order])
+        assert got[name].dtype == (np.float32 if name == "label" else np.int64)
+    np.testing.assert_array_equal(split["long_items"], whole["long_items"])
+    np.testing.assert_array_equal(split[-1]["session_items"], whole["session_items"][-1])
+    assert list(split.select_columns(["user"])[:5]) == ["user"]
+
+
+def test_histories_cost_their_length_not_the_padding(tmp_path) -> None:
+    rows, width = 1000, 200
+    items = np.zeros((rows, width), dtype=np.int64)
+    items[:, -10:] = 7  # ten behaviours in a 200-wide history
+    writer = SplitWriter(str(tmp_path / "s.arrow"))
+    writer.write({"long_items": items, "user": np.arange(rows)})
+    writer.close()
+    # 10 int32 values and one int32 offset per row, plus the int32 user: far below 200 int64s.
+    assert os.path.getsize(tmp_path / "s.arrow") < rows * (10 * 4 + 4 + 4) * 1.2
+
+
+def test_ids_beyond_int32_stay_exact_and_chunks_must_agree(tmp_path) -> None:
+    writer = SplitWriter(str(tmp_path / "s.arrow"))
+    writer.write({"user": np.array([2, 2**40])})
+    with pytest.raises(ValueError, match="differ from the first chunk"):
+        writer.write({"user": np.array([2]), "label": np.array([1.0])})
+    split = open_split(str(tmp_path / "s.arrow"), writer.close())
+    assert split[:]["user"].tolist() == [2, 2**40]
+    writer = SplitWriter(str(tmp_path / "t.arrow"))
+    with pytest.raises(ValueError, match="outside int32"):
+        writer.write({"long_items": np.array([[1, 2**40]])})
+    with pytest.raises(IndexError, match=r"\[0, 2\)"):
+        split[np.array([5])]
