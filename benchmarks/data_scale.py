@@ -57,11 +57,12 @@ def write_table(root: Path, rows: int, median_history: int, items: int, users: i
             pq.write_table(table, root / split / f"part-{shard:05d}.parquet")
 
 
-def prepare(root: str, cache: str, batch_size: int, batches: int) -> dict[str, float]:
+def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: str = "vocabulary") -> dict[str, float]:
     """In this (fresh) process: build the cache, then time ``batches`` training batches."""
     from ifusion_plugin.data import TableDataModule
 
-    data = TableDataModule(root, long_len=100, num_sessions=4, session_len=5, cache_dir=cache, batch_size=batch_size)
+    data = TableDataModule(root, long_len=100, num_sessions=4, session_len=5, cache_dir=cache, batch_size=batch_size,
+                           id_encoding=id_encoding)
     start = time.perf_counter()
     data.prepare_data()
     prepare_s = time.perf_counter() - start
@@ -114,11 +115,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="few loader batches and TWIN steps (CI checks the harness)")
+    parser.add_argument("--id-encoding", choices=("vocabulary", "hash"), default="vocabulary",
+                        help="TableDataModule's id_encoding (hash: no vocabulary pass, 2^20 buckets)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--prepare-only", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare_only:
-        print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches)))
+        print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches, args.id_encoding)))
         return 0
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -127,15 +130,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     generate_s = time.perf_counter() - start
     # A fresh process: its peak RSS is the preparation's own.
     result = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--out", args.out, "--batch-size", str(args.batch_size),
-                             "--batches", str(5 if args.quick else args.batches), "--prepare-only", str(out / "table"), str(out / "cache")],
+                             "--batches", str(5 if args.quick else args.batches), "--id-encoding", args.id_encoding, "--prepare-only", str(out / "table"), str(out / "cache")],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"preparing the table failed:\n{result.stderr[-3000:]}")
     measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     measured["generate_s"] = generate_s
+    measured["id_encoding"] = args.id_encoding
     measured["twin_train_samples_per_s"] = twin_samples_per_s(args.batch_size, 3 if args.quick else 20)
     measured["loader_vs_twin"] = measured["loader_samples_per_s"] / measured["twin_train_samples_per_s"]
-    print(f"# data_scale: {measured['rows']:,} rows, median history {args.median_history}, {time.strftime('%Y-%m-%d')}\n")
+    print(f"# data_scale: {measured['rows']:,} rows, median history {args.median_history}, id_encoding {args.id_encoding}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
     print("| measure | value | target | met |\n|---|---|---|---|")
     for key, target in TARGETS.items():
         value = measured[key]

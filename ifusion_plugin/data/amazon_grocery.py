@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import numpy as np
 
 from .datamodule import CTRDataModule
-from .logs import _read_int_table
+from .logs import read_int_columns
 from .protocol import (
     NegativeSampling,
     _sequences_from_log,
@@ -61,9 +60,12 @@ class AmazonGroceryDataModule(CTRDataModule):
 
     def _build(self):
         inter, cats = self._raw_files()
-        rows = np.array(_read_int_table(inter, "\t", 3, ["user_id", "item_id", "time"], self.on_bad_line), dtype=np.int64).reshape(-1, 3)
-        cate_rows = _read_int_table(cats, "\t", 2, ["item_id", "i_category"], self.on_bad_line)
-        users, seqs, times = _sequences_from_log(rows[:, 0], rows[:, 1], rows[:, 2])
-        return build_ctr_samples(users, seqs, {i: c for i, c in cate_rows}, self.sequence_options, seed=self.seed,
+        columns = ("user_id", "item_id", "time")
+        rows = read_int_columns(inter, "\t", columns, columns, header=True, on_bad_line=self.on_bad_line)
+        cate_rows = read_int_columns(cats, "\t", ("item_id", "i_category"), ("item_id", "i_category"), header=True,
+                                     on_bad_line=self.on_bad_line)
+        users, seqs, times = _sequences_from_log(*(rows[name].to_numpy() for name in columns))
+        cate_of = dict(zip(cate_rows["item_id"].to_pylist(), cate_rows["i_category"].to_pylist()))
+        return build_ctr_samples(users, seqs, cate_of, self.sequence_options, seed=self.seed,
                                  train_per_user=self.train_per_user, min_train_position=self.min_train_position, times=times,
                                  negative_sampling=self.negative_sampling, test_per_user=self.test_per_user)

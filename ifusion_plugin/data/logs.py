@@ -13,11 +13,13 @@ import json
 import logging
 from typing import Callable, Iterator, Literal, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-__all__ = ["iter_literal_lines", "read_delimited", "read_json_lines"]
+__all__ = ["iter_literal_lines", "read_delimited", "read_int_columns", "read_json_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -192,30 +194,59 @@ def _report_skips(path: str, count: int) -> None:
         log.warning("skipped %d malformed line(s) in %s", count, path)
 
 
-def _read_int_table(path: str, sep: str, ncols: int, header: Optional[list[str]], policy: str,
-                    keep: Optional[callable] = None, int_cols: Optional[Sequence[int]] = None) -> list[list]:
-    """Rows of ``ncols`` fields; ``int_cols`` are parsed as ints; bad lines raise or are counted."""
-    rows, skipped = [], [0]
-    int_cols = range(ncols) if int_cols is None else int_cols
-    with open(path, encoding="utf-8") as f:
-        start = 1
-        if header is not None:
-            got = f.readline().rstrip("\n").split(sep)
-            if got != header:
-                raise ValueError(f"{path}:1: expected header {header!r}, got {got!r}")
-            start = 2
-        for lineno, line in enumerate(f, start=start):
-            parts = line.rstrip("\r\n").split(sep)
-            if len(parts) != ncols:
-                _bad(path, lineno, f"expected {ncols} fields separated by {sep!r}, got {len(parts)}", policy, skipped)
+def read_int_columns(
+    path: str,
+    separator: str,
+    names: Sequence[str],
+    int_columns: Sequence[str],
+    *,
+    header: bool,
+    on_bad_line: OnBadLine = "error",
+) -> pa.Table:
+    """A delimited log whose ``int_columns`` hold integers (ids, unix times), on :func:`read_delimited`.
+
+    Args:
+        path: the file.
+        separator: the field separator.
+        names: the expected column names, one per field.
+        int_columns: the columns parsed as int64; the others stay strings.
+        header: the first line is a header and must equal ``names``; else there is none.
+        on_bad_line: a line with another number of fields or a non-integer in an int column
+            raises naming file and line (``"error"``), or is skipped and counted in a warning
+            (``"skip"``).
+
+    Raises:
+        ValueError: a wrong header, or a malformed line under ``"error"``.
+    """
+    table = read_delimited(path, separator, None if header else names, {name: pa.string() for name in names}, on_bad_line)
+    if header and table.column_names != list(names):
+        raise ValueError(f"{path}, line 1: expected the header {list(names)!r}, got {table.column_names!r}")
+    valid = None
+    for name in int_columns:
+        integer = pc.match_substring_regex(pc.utf8_trim_whitespace(table[name]), r"^[+-]?[0-9]+$")
+        valid = integer if valid is None else pc.and_(valid, integer)
+    if valid is not None and not pc.all(valid).as_py():
+        bad_rows = np.flatnonzero(~valid.to_numpy(zero_copy_only=False))
+        if on_bad_line == "error":
+            # Under "error" no line was skipped: data row r is the r-th non-empty line after the header.
+            line = _data_line(path, int(bad_rows[0]), header)
+            raise ValueError(f"{path}, line {line}: expected integers in {list(int_columns)} "
+                             f"(on_bad_line='skip' skips such lines)")
+        table = table.filter(valid)
+        _report_skips(path, len(bad_rows))
+    return pa.table({name: pc.utf8_trim_whitespace(table[name]).cast(pa.int64()) if name in int_columns else table[name]
+                     for name in names})
+
+
+def _data_line(path: str, row: int, header: bool) -> int:
+    """The 1-based line number of data row ``row`` (pyarrow skips empty lines)."""
+    seen = -1
+    with (gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.endswith(".gz")
+          else open(path, encoding="utf-8", errors="replace")) as handle:
+        for number, line in enumerate(handle, start=1):
+            if number == 1 and header or not line.strip("\r\n"):
                 continue
-            try:
-                for c in int_cols:
-                    parts[c] = int(parts[c])
-            except ValueError as e:
-                _bad(path, lineno, f"non-integer field ({e})", policy, skipped)
-                continue
-            if keep is None or keep(parts):
-                rows.append(parts)
-    _report_skips(path, skipped[0])
-    return rows
+            seen += 1
+            if seen == row:
+                return number
+    return number

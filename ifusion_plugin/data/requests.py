@@ -89,8 +89,19 @@ def as_table(rows: Rows) -> pa.Table:
 
 
 def _with_item_categories(table: pa.Table, vocabularies: Vocabularies, features: RequestFeatures) -> pa.Table:
-    """Add ``cate_id`` / ``cate_history`` from the item catalogue where the request leaves them out."""
+    """Add ``cate_id`` / ``cate_history`` from the item catalogue where the request leaves them out.
+
+    Raises:
+        ValueError: the model reads categories, the request leaves them out and there is no
+            catalogue to fill them (hashed ids, or encoded ids, keep none).
+    """
     if vocabularies.item_categories is None:
+        missing = [name for name, needed in (("cate_id", vocabularies.cates is not None),
+                                             ("cate_history", vocabularies.cates is not None and features.history_categories))
+                   if needed and name not in table.column_names]
+        if missing:
+            raise ValueError(f"requests must give {missing}: the model was trained with categories and these "
+                             "vocabularies keep no item -> category catalogue to fill them (id_encoding 'hash' or encoded ids)")
         return table
     if "cate_id" not in table.column_names:
         table = table.append_column("cate_id", vocabularies.categories_of(table["item_id"]))
@@ -162,7 +173,9 @@ def encode_candidates(items: Sequence[Any], vocabularies: Vocabularies,
     if vocabularies.cates is None:
         target_cate = np.full(len(item_array), OOV_ID, dtype=np.int64)
     else:
-        raw = pa.array(list(cates)) if cates is not None else (
-            vocabularies.categories_of(item_array) if vocabularies.item_categories is not None else pa.nulls(len(item_array)))
+        if cates is None and vocabularies.item_categories is None:
+            raise ValueError("candidate categories are needed: the model was trained with categories and these vocabularies "
+                             "keep no item -> category catalogue to fill them (id_encoding 'hash' or encoded ids)")
+        raw = pa.array(list(cates)) if cates is not None else vocabularies.categories_of(item_array)
         target_cate = vocabularies.cates.encode(raw)
     return vocabularies.items.encode(item_array), target_cate

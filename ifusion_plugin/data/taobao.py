@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..batch import FIRST_ID, OOV_ID
 from .datamodule import CTRDataModule
-from .logs import _read_int_table
+from .logs import read_int_columns
 from .protocol import NegativeSampling, build_ctr_samples, check_negative_sampling
 from .requests import RequestFeatures
 from .vocabulary import Vocabulary
@@ -90,21 +91,26 @@ class TaobaoDataModule(CTRDataModule):
     def _build(self):
         (path,) = self._raw_files()
         wanted = set(self.positive_behaviors) | set(self.long_behaviors) | set(self.session_behaviors)
-        found: set[str] = set()
-
-        def keep(row: list) -> bool:
-            found.add(row[3])
-            return row[3] in wanted
-
-        rows = _read_int_table(path, ",", 5, None, self.on_bad_line, keep=keep, int_cols=(0, 1, 2, 4))
+        log = read_int_columns(path, ",", ("user", "item", "cate", "behavior", "time"), ("user", "item", "cate", "time"),
+                               header=False, on_bad_line=self.on_bad_line)
+        found = set(pc.unique(log["behavior"]).to_pylist())
+        log = log.filter(pc.is_in(log["behavior"], value_set=pa.array(sorted(wanted), pa.string())))
         for name in ("positive_behaviors", "long_behaviors", "session_behaviors"):
             missing = sorted(set(getattr(self, name)) - found)
             if missing:
                 raise ValueError(f"{name}: behaviour type(s) {missing} do not occur in {path}; its types are {sorted(found)}")
         type_id = {name: index + FIRST_ID for index, name in enumerate(self.session_behaviors)}
-        arr = np.array([(r[0], r[1], r[2], r[4], type_id.get(r[3], OOV_ID), r[3] in self.positive_behaviors,
-                         r[3] in self.long_behaviors, r[3] in self.session_behaviors) for r in rows],
-                       dtype=np.int64).reshape(-1, 8)
+        behavior = log["behavior"]
+
+        def member(kinds: Sequence[str]) -> np.ndarray:
+            return pc.is_in(behavior, value_set=pa.array(list(kinds), pa.string())).to_numpy(zero_copy_only=False)
+
+        type_ids = np.full(len(log), OOV_ID, dtype=np.int64)
+        for kind, index in type_id.items():
+            type_ids[pc.equal(behavior, kind).to_numpy(zero_copy_only=False)] = index
+        arr = np.stack([log["user"].to_numpy(), log["item"].to_numpy(), log["cate"].to_numpy(), log["time"].to_numpy(),
+                        type_ids, member(self.positive_behaviors), member(self.long_behaviors), member(self.session_behaviors)],
+                       axis=1).astype(np.int64).reshape(-1, 8)
         # Grouped by user in time order (file order breaks ties), as _sequences_from_log does,
         # but keeping every per-row column (types, masks) with its row.
         grouped = arr[np.lexsort((np.arange(len(arr)), arr[:, 3], arr[:, 0]))]

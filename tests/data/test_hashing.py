@@ -69,3 +69,19 @@ def test_table_with_hashed_ids(tmp_path: Path) -> None:
         TableDataModule(root=str(root), id_encoding="md5")
     with pytest.raises(ValueError, match="exclude each other"):
         TableDataModule(root=str(root), id_encoding="hash", encoded_ids=True)
+
+
+def test_requests_hash_like_training_and_need_categories(tmp_path: Path) -> None:
+    from ifusion_plugin.data.requests import encode_requests
+
+    root = _write_table(tmp_path / "t")
+    module = TableDataModule(root=str(root), context_columns=["city"], id_encoding="hash", hash_buckets=1000,
+                             cache_dir=str(tmp_path / "c"))
+    row = {"user_id": "u3", "item_id": "i7", "cate_id": "c1", "item_history": ["i1", "i2", "i99"],
+           "cate_history": ["c1", "c2", "c9"], "city": "nice"}
+    encoded = encode_requests([row], module.vocabularies(), module.request_features())
+    stored = module.split("test")[:]
+    for name in ("user", "target_item", "target_cate", "session_items", "session_cates", "context"):
+        np.testing.assert_array_equal(encoded[name], stored[name])
+    with pytest.raises(ValueError, match=r"requests must give \['cate_id'\]"):
+        encode_requests([{k: v for k, v in row.items() if k != "cate_id"}], module.vocabularies(), module.request_features())

@@ -32,5 +32,25 @@ def test_taobao_bad_line(tmp_path):
     root = tmp_path / "tb"
     root.mkdir()
     (root / "UserBehavior.csv").write_text("1,2,3,pv,100\n1,2,3,pv\n")
-    with pytest.raises(ValueError, match=r"UserBehavior.csv:2: expected 5 fields"):
+    with pytest.raises(ValueError, match=r"UserBehavior.csv, line 2: expected 5 fields"):
         TaobaoDataModule(root=str(root), cache_dir=str(tmp_path / "c")).feature_spec
+
+
+def test_integer_logs_name_the_line_or_skip_and_count(tmp_path, caplog):
+    from ifusion_plugin.data.logs import read_int_columns
+
+    path = tmp_path / "interactions.tsv"
+    path.write_text("user_id\titem_id\ttime\n1\t2\t100\n\n1\tx7\t101\n2\t3\t102\n2\t4\n")
+    names = ("user_id", "item_id", "time")
+    with pytest.raises(ValueError, match=r"interactions.tsv, line 5: expected 3 fields"):
+        read_int_columns(str(path), "\t", names, names, header=True)
+    path.write_text("user_id\titem_id\ttime\n1\t2\t100\n\n1\tx7\t101\n2\t3\t102\n")
+    with pytest.raises(ValueError, match=r"interactions.tsv, line 4: expected integers in \['user_id', 'item_id', 'time'\]"):
+        read_int_columns(str(path), "\t", names, names, header=True)
+    with caplog.at_level("WARNING"):
+        table = read_int_columns(str(path), "\t", names, names, header=True, on_bad_line="skip")
+    assert table.to_pydict() == {"user_id": [1, 2], "item_id": [2, 3], "time": [100, 102]}
+    assert "skipped 1 malformed line(s)" in caplog.text
+    with pytest.raises(ValueError, match=r"line 1: expected the header \['user_id', 'item_id', 'time'\], got \['user_id', 'item', 'time'\]"):
+        path.write_text("user_id\titem\ttime\n1\t2\t3\n")
+        read_int_columns(str(path), "\t", names, names, header=True)
