@@ -33,8 +33,6 @@ Differences from a plain ``LightningCLI``:
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import os
 import sys
@@ -45,7 +43,7 @@ from typing import Any, Optional
 import torch
 
 try:
-    from jsonargparse import Namespace
+    from jsonargparse import ArgumentParser, Namespace
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -61,7 +59,7 @@ from .cli_errors import short_error
 from .prediction_writer import PredictionsFileWriter, write_predictions
 from .recipes import resolve_recipe_paths
 from .run_config import run_config_of
-from .task import CTRTask
+from .task import CTRTask, HostFactory
 
 
 __all__ = [
@@ -107,21 +105,6 @@ def format_summary(metrics: dict[str, float], title: str) -> str:
     return "\n".join([rule, title, rule, *rows, rule])
 
 
-def _factory(node: Any) -> Any:
-    """A config node as Python: a ``class_path`` block becomes ``partial(cls, **init_args)``."""
-    if isinstance(node, Namespace) and "class_path" in node:
-        module, _, name = node.class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        init_args = node.get("init_args") or Namespace()
-        kwargs = {k: _factory(v) for k, v in vars(init_args).items() if not k.startswith("__")}
-        return functools.partial(cls, **kwargs)
-    if isinstance(node, Namespace):
-        return {k: _factory(v) for k, v in vars(node).items() if not k.startswith("__")}
-    if isinstance(node, list):
-        return [_factory(v) for v in node]
-    return node
-
-
 def check_model_config(model: Any, data: Any) -> None:
     """Build the configured host on a placeholder :class:`FeatureSpec` shaped like the data
     config (sequence lengths, context columns), so constructor errors of the host and its fusion
@@ -139,7 +122,14 @@ def check_model_config(model: Any, data: Any) -> None:
         long_len=int(options.get("long_len") or 100), num_sessions=int(options.get("num_sessions") or 4),
         session_len=int(options.get("session_len") or 5), context_cardinalities=tuple(FIRST_ID + 2 for _ in context),
     )
-    _factory(host)(spec)
+    # jsonargparse builds the factory as LightningCLI will (class_path/init_args, nested fusion).
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--host", type=HostFactory)
+    config = parser.parse_object({"host": host.as_dict()})
+    with warnings.catch_warnings():  # instantiate_classes is deprecated in newer jsonargparse
+        warnings.simplefilter("ignore", DeprecationWarning)
+        build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        build(config).host(spec)
 
 
 def finished_run_message(ckpt_path: Optional[str], max_epochs: Optional[int], max_steps: int) -> Optional[str]:

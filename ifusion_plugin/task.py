@@ -72,6 +72,10 @@ class CTRTask(pl.LightningModule):
             setting is out of range.
     """
 
+    #: Read by Lightning's ThroughputMonitor (:class:`~ifusion_plugin.callbacks.TrainThroughput`);
+    #: not counted per step here: ``benchmarks/speed`` counts the FLOPs per sample.
+    flops_per_batch: Optional[int] = None
+
     def __init__(
         self,
         host: HostFactory,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GuidanceEncoder", "CoreTransientEncoder", "SingleEncoder", "masked_attention", "mlp"]
@@ -24,8 +25,9 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0) -> nn.
 def masked_attention(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor, num_heads: int) -> Tensor:
     """Multi-head scaled dot-product attention with a boolean mask.
 
-    Written out (not ``nn.MultiheadAttention``) so the mask may be any (B, Q, N) pattern and
-    the graph exports cleanly.
+    ``F.scaled_dot_product_attention`` over the heads (not ``nn.MultiheadAttention``, whose mask
+    cannot differ per row and head-split the same way); the mask may be any (B, Q, N) pattern,
+    and the graph exports to ``torch.export`` and ONNX with the eager output (tests/test_serving).
 
     Args:
         query: tensor of shape (B, Q, D).
@@ -42,9 +44,7 @@ def masked_attention(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor,
     qh = query.reshape(b, q, num_heads, hd).transpose(1, 2)
     kh = key.reshape(b, n, num_heads, hd).transpose(1, 2)
     vh = value.reshape(b, n, num_heads, hd).transpose(1, 2)
-    scores = qh @ kh.transpose(-1, -2) / hd**0.5
-    scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    out = scores.softmax(dim=-1) @ vh
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed.unsqueeze(1))  # True: may attend
     return out.transpose(1, 2).reshape(b, q, d)
 
 
