@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,7 +32,7 @@ import torch
 import yaml
 
 from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule
-from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, cli_fit_command, load_runs, parse_metrics, run_key
+from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, METRICS, cli_fit_command, load_runs, run_cli, run_key
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
 from ifusion_plugin.task import CTRTask
@@ -105,12 +104,10 @@ def train(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
                 continue
             start = time.time()
             cmd = fit_command(args, variant, seed)
-            result = subprocess.run(cmd, cwd=args.cwd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{key} failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-            metrics = parse_metrics(result.stdout)
+            written = run_cli(cmd, args.cwd, key, Path(args.out, "logs") / f"{key.replace('/', '-')}.metrics.json")
+            metrics = {name: written[name] for name in METRICS if name in written}
             if "val_auc" not in metrics:
-                raise RuntimeError(f"{key}: no val_auc in the CLI output")
+                raise RuntimeError(f"{key}: no val_auc in the CLI's metrics")
             checkpoints = sorted(Path(args.out, "logs").glob(f"{cmd[cmd.index('--trainer.logger.init_args.name') + 1]}/version_*/checkpoints/last.ckpt"))
             row = {"host": args.host, "fusion": variant, "seed": seed, "data": args.data, "wall_s": time.time() - start,
                    "command": " ".join(cmd[1:]), "checkpoint": str(checkpoints[-1]) if checkpoints else None, **metrics}

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.quality import HOST_NAMES, ROOT, commit, parse_metrics
+from benchmarks.quality import HOST_NAMES, METRICS, ROOT, commit, run_cli
 
 HOST = "--model.init_args.host.init_args."
 FUSION = f"{HOST}fusion.init_args."
@@ -109,12 +108,10 @@ def sweep(args: argparse.Namespace) -> None:
                     continue
                 cmd = command(args, host, step, seed)
                 start = time.time()
-                result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                if result.returncode != 0:
-                    raise RuntimeError(f"{host}/{step}/{seed} failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-                metrics = parse_metrics(result.stdout)
+                written = run_cli(cmd, ROOT, f"{host}/{step}/{seed}", out / "logs" / f"{host}-{step}-seed{seed}.metrics.json")
+                metrics = {name: written[name] for name in METRICS if name in written}
                 if "val_auc" not in metrics:
-                    raise RuntimeError(f"{host}/{step}/{seed}: no val_auc in the CLI output")
+                    raise RuntimeError(f"{host}/{step}/{seed}: no val_auc in the CLI's metrics")
                 row = {"host": host, "step": step, "seed": seed, "wall_s": round(time.time() - start, 1), "commit": commit(),
                        "command": " ".join(cmd[1:]).replace(str(ROOT) + "/", ""), **metrics}
                 with open(path, "a") as handle:

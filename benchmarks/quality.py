@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -53,7 +52,8 @@ DATA = ("movielens-1m", "amazon-grocery", "yelp-multibehavior", "taobao-multibeh
         "ml1m-peer", "synthetic")
 #: Outside [1 - this, this] a popularity-only AUC flags a set that measures popularity.
 POPULARITY_FLAG = 0.60
-METRIC_LINE = re.compile(r"^(test_auc|test_gauc|test_logloss|val_auc|train_samples_per_s|train_epoch_s|train_peak_rss_gib)\s+(-?[\d.]+)\s*$")
+#: The metrics a run's row keeps (the CLI's --metrics_path file holds more).
+METRICS = ("test_auc", "test_gauc", "test_logloss", "val_auc", "train_samples_per_s", "train_epoch_s", "train_peak_rss_gib")
 QUICK_OPTIONS = [
     "--data.init_args.num_users=60", "--data.init_args.num_items=80", "--data.init_args.history_len=30",
     "--data.init_args.train_per_user=2", "--data.init_args.long_len=20",
@@ -90,14 +90,22 @@ def command(args: argparse.Namespace, host: str, fusion: str, seed: int) -> list
     return cli_fit_command(args, f"{host}{FUSIONS[fusion]}", seed, f"{host}-{fusion}-seed{seed}", True) + list(args.extra)
 
 
-def parse_metrics(stdout: str) -> dict[str, float]:
-    """The last value of each metric in the CLI's printed summaries."""
-    metrics: dict[str, float] = {}
-    for line in stdout.splitlines():
-        match = METRIC_LINE.match(line.strip())
-        if match:
-            metrics[match.group(1)] = float(match.group(2))
-    return metrics
+def run_cli(cmd: list[str], cwd: "str | Path", key: str, metrics_file: "str | Path") -> dict[str, Any]:
+    """Run a CLI command with ``--metrics_path metrics_file`` and return what it wrote there
+    (``trainer.callback_metrics`` of its summaries, and ``tested_checkpoint`` after a fit with
+    ``--run_test``): the one way the harnesses read a run's results.
+
+    Raises:
+        RuntimeError: the command failed (its stderr's end attached) or wrote no metrics.
+    """
+    metrics_file = Path(metrics_file)
+    metrics_file.unlink(missing_ok=True)
+    result = subprocess.run([*cmd, "--metrics_path", str(metrics_file)], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{key} failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
+    if not metrics_file.exists():
+        raise RuntimeError(f"{key}: the CLI wrote no metrics to {metrics_file}")
+    return json.loads(metrics_file.read_text())
 
 
 def load_runs(path: Path) -> dict[str, dict]:
@@ -150,17 +158,14 @@ def sweep(args: argparse.Namespace) -> dict[str, dict]:
                     continue
                 start = time.time()
                 cmd = command(args, host, fusion, seed)
-                result = subprocess.run(cmd, cwd=args.cwd, capture_output=True, text=True)
-                if result.returncode != 0:
-                    raise RuntimeError(f"{key} failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-                metrics = parse_metrics(result.stdout)
+                written = run_cli(cmd, args.cwd, key, Path(logs_dir(args)) / f"{host}-{fusion}-seed{seed}.metrics.json")
+                metrics = {name: written[name] for name in METRICS if name in written}
                 missing = {"test_auc", "test_gauc", "test_logloss"} - set(metrics)
                 if missing:
-                    raise RuntimeError(f"{key}: no {sorted(missing)} in the CLI output")
-                restored = re.findall(r"Restoring states from the checkpoint path at (\S+)", result.stdout + result.stderr)
-                checkpoint = str(Path(args.cwd) / restored[-1]) if restored else None
+                    raise RuntimeError(f"{key}: no {sorted(missing)} in the CLI's metrics")
+                checkpoint = written.get("tested_checkpoint")
                 if checkpoint is None:
-                    raise RuntimeError(f"{key}: the CLI output names no tested checkpoint")
+                    raise RuntimeError(f"{key}: the fit tested no checkpoint (none was saved)")
                 predicted = subprocess.run(predict_command(args, cmd, checkpoint, key), cwd=args.cwd, capture_output=True, text=True)
                 if predicted.returncode != 0:
                     raise RuntimeError(f"{key}: predict failed:\n{predicted.stderr[-3000:]}")
@@ -228,11 +233,8 @@ def popularity(args: argparse.Namespace) -> dict[str, float]:
     cmd += [o for o in args.extra if o.startswith("--data.")]
     if args.quick:
         cmd += [o for o in QUICK_OPTIONS if o.startswith("--data.")]
-    result = subprocess.run(cmd, cwd=args.cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"popularity baseline failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-    found = dict(re.findall(r"popularity-only (valid|test) AUC ([\d.]+)", result.stdout))
-    return {split: float(value) for split, value in found.items()}
+    written = run_cli(cmd, args.cwd, "popularity baseline", Path(logs_dir(args)) / "popularity.metrics.json")
+    return {split: float(written[split]) for split in ("valid", "test")}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

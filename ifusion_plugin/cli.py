@@ -33,6 +33,7 @@ Differences from a plain ``LightningCLI``:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -69,6 +70,7 @@ __all__ = [
     "config_beside_checkpoint",
     "finished_run_message",
     "format_summary",
+    "write_metrics",
     "main",
     "run",
     "write_predictions",
@@ -103,6 +105,22 @@ def format_summary(metrics: dict[str, float], title: str) -> str:
     rule = "-" * (width + 14)
     rows = [f"{name:<{width}}  {value:>12.6f}" for name, value in sorted(metrics.items())]
     return "\n".join([rule, title, rule, *rows, rule])
+
+
+def write_metrics(path: str, metrics: dict[str, Any], *, merge: bool) -> None:
+    """Write ``metrics`` as a JSON object to ``path`` (its directory created), merged into the
+    object already there when ``merge``; written to a temporary file and renamed, so a reader
+    never sees half a file."""
+    merged: dict[str, Any] = {}
+    if merge and os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            merged = json.load(handle)
+    merged.update(metrics)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.tmp-{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(merged, handle, indent=1, sort_keys=True)
+    os.replace(partial, path)
 
 
 def check_model_config(model: Any, data: Any) -> None:
@@ -225,6 +243,13 @@ class CTRLightningCLI(LightningCLI):
             default=False,
             help="fit only: after training, run the test split on the best checkpoint "
             "(ckpt_path='best'), or on the final weights when no checkpoint was saved",
+        )
+        parser.add_argument(
+            "--metrics_path",
+            type=Optional[str],
+            default=None,
+            help="fit, validate, test: also write the summaries' metrics (and, after fit --run_test, the tested "
+            "checkpoint as 'tested_checkpoint') to this JSON file, for scripts; replaced atomically",
         )
         parser.add_argument(
             "--predictions_path",
@@ -356,7 +381,9 @@ class CTRLightningCLI(LightningCLI):
         callback = self.trainer.checkpoint_callback
         has_best = callback is not None and bool(getattr(callback, "best_model_path", ""))
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None, verbose=False)
-        self._print_summary("test (best checkpoint)" if has_best else "test (final weights)", prefixes=("test_",))
+        tested = os.path.abspath(callback.best_model_path) if has_best else None  # type: ignore[union-attr]
+        self._print_summary("test (best checkpoint)" if has_best else "test (final weights)", prefixes=("test_",),
+                            extra={"tested_checkpoint": tested})
 
     @rank_zero_only
     def _print_outputs(self) -> None:
@@ -375,13 +402,18 @@ class CTRLightningCLI(LightningCLI):
         self._print_summary("test", prefixes=("test_",))
 
     @rank_zero_only
-    def _print_summary(self, title: str, prefixes: tuple[str, ...]) -> None:
+    def _print_summary(self, title: str, prefixes: tuple[str, ...], extra: Optional[dict[str, Any]] = None) -> None:
         metrics = {
             name: float(value)
             for name, value in self.trainer.callback_metrics.items()
             if name.startswith(prefixes) and getattr(value, "numel", lambda: 1)() == 1
         }
         print(format_summary(metrics, title), flush=True)
+        path = self._get(self.config, "metrics_path", None)
+        if path:
+            # The first summary of this command replaces what an earlier command left there.
+            write_metrics(path, {**metrics, **(extra or {})}, merge=getattr(self, "_metrics_written", False))
+            self._metrics_written = True
 
 
 def main(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,7 +80,7 @@ def metrics_of(cli: CTRLightningCLI, prefix: str) -> dict[str, float]:
 @pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("data", ["synthetic", "grocery-slice"])
 def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, data: str, capsys) -> None:
-    cli = run("fit", f"{host}{fusion}.yaml", "--run_test=true", data=data)
+    cli = run("fit", f"{host}{fusion}.yaml", "--run_test=true", "--metrics_path=out/metrics.json", data=data)
     assert type(cli.model.host).__name__.lower().startswith(host)
     expected_fusion = {"": "InterestFusion", "_concat": "ConcatFusion", "_gate": "GateFusion"}[fusion]
     assert type(cli.model.host.fusion).__name__ == expected_fusion
@@ -95,8 +96,15 @@ def test_fit_then_test_from_checkpoint(in_tmp: Path, host: str, fusion: str, dat
     assert glob.glob("logs/lightning_logs/version_*/config.yaml")
     assert glob.glob("logs/lightning_logs/version_*/metrics.csv")
 
-    again = run("test", f"{host}{fusion}.yaml", f"--ckpt_path={best}", data=data)
+    # --metrics_path: the summaries' metrics and the tested checkpoint, for scripts.
+    written = json.loads((in_tmp / "out" / "metrics.json").read_text())
+    assert {k: written[k] for k in after_fit} == pytest.approx(after_fit) and "val_auc" in written and "train_epoch_s" in written
+    assert written["tested_checkpoint"] == os.path.abspath(best)
+
+    again = run("test", f"{host}{fusion}.yaml", f"--ckpt_path={best}", "--metrics_path=out/metrics.json", data=data)
     assert metrics_of(again, "test_") == pytest.approx(after_fit, rel=1e-6)
+    # A new command replaces the file: no fit metrics left over from the earlier one.
+    assert set(json.loads((in_tmp / "out" / "metrics.json").read_text())) == set(after_fit)
 
 
 @pytest.mark.slow

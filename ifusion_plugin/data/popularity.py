@@ -12,7 +12,8 @@ outside ``[1 - PERSONALISATION_THRESHOLD, PERSONALISATION_THRESHOLD]``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import json
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 import torch
@@ -83,12 +84,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m ifusion_plugin.data.popularity", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="config")
     parser.add_argument("--data", type=CTRDataModule, required=True)
+    parser.add_argument("--metrics_path", type=Optional[str], default=None,
+                        help="also write {'valid': auc, 'test': auc} to this JSON file (for scripts)")
     config = parser.parse_args(argv)
     datamodule = parser.instantiate(config).data
+    aucs = {}
     for split in ("valid", "test"):
-        auc = popularity_auc(datamodule, split)
+        auc = aucs[split] = popularity_auc(datamodule, split)
         flag = f"  (outside [{1 - PERSONALISATION_THRESHOLD:.2f}, {PERSONALISATION_THRESHOLD:.2f}]: measures popularity, not personalisation)" if measures_popularity(auc) else ""
         print(f"popularity-only {split} AUC {auc:.4f}{flag}")
+    if config.metrics_path:
+        with open(config.metrics_path, "w", encoding="utf-8") as handle:
+            json.dump(aucs, handle)
 
 
 if __name__ == "__main__":

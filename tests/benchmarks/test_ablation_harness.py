@@ -65,10 +65,10 @@ def test_ablations_quick_and_resume(tmp_path) -> None:
 def test_report_only_trains_and_serves_nothing(tmp_path, monkeypatch) -> None:
     from benchmarks import ablations as module
 
-    def no_subprocess(*args, **kwargs):
+    def no_run(*args, **kwargs):
         raise AssertionError("--report-only started a run")
 
-    monkeypatch.setattr(module.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(module, "run_cli", no_run)
     args = parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "--report-only"])
     runs = module.train(args, args.variants)
     assert runs == {} and module.serve(args, runs) == {}
