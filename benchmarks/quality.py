@@ -193,29 +193,76 @@ def read_predictions(args: argparse.Namespace, key: str) -> Optional[dict[str, n
     return {name: table[name].to_numpy() for name in ("row", "user", "label", "prob")}
 
 
+def _paired_pair(args: argparse.Namespace, runs: dict[str, dict], host: str, base: str, other: str) -> Optional[dict]:
+    """``other`` against ``base`` on ``host``: the paired test-AUC difference over the common
+    seeds whose predictions exist (``None`` without any), with the per-seed AUC differences."""
+    seeds = [s for s in args.seeds if run_key(host, other, s) in runs and run_key(host, base, s) in runs]
+    pairs = [(s, read_predictions(args, run_key(host, base, s)), read_predictions(args, run_key(host, other, s))) for s in seeds]
+    pairs = [(s, a, b) for s, a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        return None
+    first = pairs[0][1]
+    for _, a, b in pairs:
+        if not (np.array_equal(a["row"], first["row"]) and np.array_equal(b["row"], first["row"])
+                and np.array_equal(a["label"], first["label"]) and np.array_equal(b["label"], first["label"])):
+            raise RuntimeError(f"{host}/{other} vs {base}: predictions of different test rows cannot be paired")
+    result = paired_auc_difference(first["label"], np.stack([a["prob"] for _, a, _ in pairs]),
+                                   np.stack([b["prob"] for _, _, b in pairs]), first["user"], replicates=args.replicates)
+    per_seed = [runs[run_key(host, other, s)]["test_auc"] - runs[run_key(host, base, s)]["test_auc"] for s, _, _ in pairs]
+    return {"diff": result.diff, "low": result.low, "high": result.high, "level": result.level,
+            "seeds": result.seeds, "replicates": result.replicates, "per_seed": per_seed}
+
+
 def paired(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, dict]:
-    """Per host and non-concat fusion: the paired difference against concat over the common seeds
-    whose predictions exist (``{}`` entries are left out)."""
+    """Per host: every non-concat fusion against concat (key ``host/fusion``) and iFusion against
+    gate (key ``host/ifusion-vs-gate``), paired over the common seeds (see :func:`_paired_pair`;
+    pairs without predictions are left out)."""
     results: dict[str, dict] = {}
     for host in args.hosts:
         for fusion in args.fusions:
-            if fusion == "concat":
-                continue
-            seeds = [s for s in args.seeds if run_key(host, fusion, s) in runs and run_key(host, "concat", s) in runs]
-            pairs = [(read_predictions(args, run_key(host, "concat", s)), read_predictions(args, run_key(host, fusion, s))) for s in seeds]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            if not pairs:
-                continue
-            first = pairs[0][0]
-            for a, b in pairs:
-                if not (np.array_equal(a["row"], first["row"]) and np.array_equal(b["row"], first["row"])
-                        and np.array_equal(a["label"], first["label"]) and np.array_equal(b["label"], first["label"])):
-                    raise RuntimeError(f"{host}/{fusion}: predictions of different test rows cannot be paired")
-            result = paired_auc_difference(first["label"], np.stack([a["prob"] for a, _ in pairs]),
-                                           np.stack([b["prob"] for _, b in pairs]), first["user"], replicates=args.replicates)
-            results[f"{host}/{fusion}"] = {"diff": result.diff, "low": result.low, "high": result.high, "level": result.level,
-                                          "seeds": result.seeds, "replicates": result.replicates}
+            if fusion != "concat" and (pair := _paired_pair(args, runs, host, "concat", fusion)) is not None:
+                results[f"{host}/{fusion}"] = pair
+        if {"gate", "ifusion"} <= set(args.fusions) and (pair := _paired_pair(args, runs, host, "gate", "ifusion")) is not None:
+            results[f"{host}/ifusion-vs-gate"] = pair
     return results
+
+
+def seed_interval(differences: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-seed differences (training-seed noise, which the
+    user bootstrap over fixed models does not see); ``(nan, nan)`` below two seeds."""
+    from scipy.stats import t as student_t  # a dev dependency (scikit-learn's)
+
+    if len(differences) < 2:
+        return float("nan"), float("nan")
+    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
+    half = float(student_t.ppf(0.5 + level / 2, len(differences) - 1)) * sd / len(differences) ** 0.5
+    return mean - half, mean + half
+
+
+def against_baselines(hosts: list[str], pairs: dict[str, dict]) -> str:
+    """iFusion against both layers it would replace, per host: the user-bootstrap intervals (the
+    project's rule), the seed-level t-intervals, and how many seeds agree. "better" where both
+    bootstrap intervals lie above zero; "better, also across seeds" where the seed-level ones do too."""
+    lines = ["| host | iFusion - concat [bootstrap 95 %] | [seed-level t 95 %] | seeds above | "
+             "iFusion - gate [bootstrap 95 %] | [seed-level t 95 %] | seeds above | above max(concat, gate) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for host in hosts:
+        versus = [pairs.get(f"{host}/ifusion"), pairs.get(f"{host}/ifusion-vs-gate")]
+        if any(pair is None for pair in versus):
+            continue
+        cells, seed_low = [], []
+        for pair in versus:
+            per_seed = pair.get("per_seed", [])
+            low, high = seed_interval(per_seed)
+            seed_low.append(low)
+            cells += [f"{pair['diff']:+.4f} [{pair['low']:+.4f}, {pair['high']:+.4f}]", f"[{low:+.4f}, {high:+.4f}]",
+                      f"{sum(d > 0 for d in per_seed)} of {len(per_seed)}"]
+        if all(pair["low"] > 0 for pair in versus):
+            verdict = "better, also across seeds" if all(low > 0 for low in seed_low) else "better (bootstrap); not across seeds"
+        else:
+            verdict = "worse" if any(pair["high"] < 0 for pair in versus) else "within noise"
+        lines.append(f"| {HOST_NAMES[host]} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines)
 
 
 def popularity(args: argparse.Namespace) -> dict[str, float]:
@@ -337,6 +384,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         popularity_path.write_text(json.dumps(popularity(args), indent=1) + "\n")
     pop = json.loads(popularity_path.read_text()) if popularity_path.exists() else {}
     text = table(runs, args.hosts, args.fusions, args.seeds, pairs)
+    if any(key.endswith("/ifusion-vs-gate") for key in pairs):
+        text += "\n\niFusion against the layers it would replace (paired, same test rows):\n\n" + against_baselines(args.hosts, pairs)
     commits = sorted({r.get("commit", "?") for r in runs.values()})
     header = (f"Data: {args.data}; seeds {args.seeds}; one epoch; commit(s) {', '.join(commits)}; "
               f"{time.strftime('%Y-%m-%d')}\n{popularity_line(pop)}\n\n")

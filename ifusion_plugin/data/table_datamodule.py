@@ -26,12 +26,12 @@ from .datamodule import CTRDataModule
 from .hashing import ID_ENCODINGS, HashedIds
 from .requests import RequestFeatures
 from .table import (
+    SPLITS,
     TableVocabularies,
     Vocabulary,
     build_vocabularies,
     column_names,
     encode_table,
-    SPLITS,
     find_split_files,
     iter_split,
     split_files,

@@ -66,3 +66,29 @@ def test_quality_quick_and_resume(tmp_path) -> None:
     again = quality(out)
     assert again.returncode == 0 and "test AUC" not in again.stdout.split("Data:")[0]
     assert (out / "runs.jsonl").read_text() == before
+
+
+def test_against_baselines_separates_bootstrap_and_seed_evidence() -> None:
+    from benchmarks.quality import against_baselines, seed_interval
+
+    low, high = seed_interval([0.01, 0.02, 0.03])  # mean 0.02, sd 0.01, t(0.975, 2) = 4.303
+    assert (low, high) == pytest.approx((0.02 - 4.303 * 0.01 / 3**0.5, 0.02 + 4.303 * 0.01 / 3**0.5), abs=1e-4)
+
+    def pair(diff, low, high, per_seed):
+        return {"diff": diff, "low": low, "high": high, "per_seed": per_seed}
+
+    pairs = {
+        # Above both in every seed: better also across seeds.
+        "avgpool/ifusion": pair(0.02, 0.01, 0.03, [0.02, 0.021, 0.019]),
+        "avgpool/ifusion-vs-gate": pair(0.01, 0.005, 0.015, [0.01, 0.011, 0.009]),
+        # Narrow bootstrap intervals above zero, seeds disagreeing: only the bootstrap says better.
+        "twin/ifusion": pair(0.005, 0.002, 0.008, [0.03, -0.02, 0.005]),
+        "twin/ifusion-vs-gate": pair(0.01, 0.005, 0.015, [0.01, 0.011, 0.009]),
+        # Below gate.
+        "din/ifusion": pair(0.01, 0.005, 0.015, [0.01, 0.011, 0.009]),
+        "din/ifusion-vs-gate": pair(-0.01, -0.015, -0.005, [-0.01, -0.011, -0.009]),
+    }
+    rows = {line.split(" | ")[0].strip("| "): line for line in against_baselines(["avgpool", "din", "twin"], pairs).splitlines()[2:]}
+    assert rows["AvgPoolDNN"].endswith("| better, also across seeds |") and "| 3 of 3 |" in rows["AvgPoolDNN"]
+    assert rows["TWIN"].endswith("| better (bootstrap); not across seeds |") and "| 2 of 3 |" in rows["TWIN"]
+    assert rows["DIN"].endswith("| worse |") and "| 0 of 3 |" in rows["DIN"]
