@@ -224,6 +224,7 @@ def test_parquet_splits_stream_in_batches_with_the_same_samples(tmp_path: Path, 
     batches = table_module._file_batches
     monkeypatch.setattr(table_module, "_file_batches", lambda *a: (read.append(t.num_rows) or t for t in batches(*a)))
     monkeypatch.setattr(table_module, "STREAM_ROWS", 2)
+    monkeypatch.setattr(table_module.TrainVocabularies, "MERGE_EVERY", 2)  # the batches' distinct ids merged as they come
     streamed = TableDataModule(root=str(root), context_columns=["device"], cache_dir=str(tmp_path / "c2"))
     assert streamed.feature_spec == whole.feature_spec
     assert max(read) == 2 and len(read) > 3

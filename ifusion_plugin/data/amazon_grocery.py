@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-
 from .datamodule import CTRDataModule
 from .logs import read_int_columns
 from .protocol import (

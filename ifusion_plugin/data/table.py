@@ -360,9 +360,24 @@ class TrainVocabularies:
         self._catalogues: list[pa.Table] = []
         self._columns: Optional[list[str]] = None
 
+    #: Batches' distinct ids kept apart before they are merged: memory stays near the size of
+    #: the vocabularies instead of growing with the number of batches.
+    MERGE_EVERY = 8
+
     def _keep(self, name: str, values: "pa.Array | pa.ChunkedArray") -> None:
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        self._distinct.setdefault(name, []).append(pc.unique(values))
+        parts = self._distinct.setdefault(name, [])
+        parts.append(pc.unique(values))
+        if len(parts) >= self.MERGE_EVERY:
+            self._distinct[name] = [pc.unique(self._merged(name, parts))]
+
+    @staticmethod
+    def _merged(name: str, parts: list[pa.Array]) -> pa.Array:
+        try:
+            return pa.concat_arrays([part.cast(parts[0].type) for part in parts])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise ValueError(f"the train split's {name} ids change type between files or batches "
+                             f"(first {parts[0].type}): {error}") from None
 
     def add(self, train: pa.Table) -> None:
         """Take in one validated batch of the train split."""
@@ -389,28 +404,26 @@ class TrainVocabularies:
             # Each batch's last pair per item (candidates, then histories); the batches'
             # catalogues are reduced the same way, so a later batch's pair wins.
             self._catalogues.append(Vocabularies.catalogue(_joined(*paired_items), _joined(*cates)))
+            if len(self._catalogues) >= self.MERGE_EVERY:
+                self._catalogues = [self._catalogue()]
         for name in self.context_columns:
             self._keep(f"context:{name}", train[name])
         if "behavior_history" in train.column_names:
             self._keep("behaviors", pc.list_flatten(train["behavior_history"]))
 
+    def _catalogue(self) -> pa.Table:
+        # The batches' catalogues in order, reduced to each item's last pair.
+        catalogue = pa.concat_tables(self._catalogues, promote_options="default")
+        return Vocabularies.catalogue(catalogue["item"], catalogue["cate"])
+
     def _vocabulary(self, name: str) -> Vocabulary:
         parts = self._distinct.get(name, [])
-        if not parts:
-            return Vocabulary(pa.array([], type=pa.int64()))
-        try:
-            return Vocabulary(pa.chunked_array([part.cast(parts[0].type) for part in parts]))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise ValueError(f"the train split's {name} ids change type between files or batches "
-                             f"(first {parts[0].type}): {error}") from None
+        return Vocabulary(self._merged(name, parts) if parts else pa.array([], type=pa.int64()))
 
     def finish(self) -> TableVocabularies:
         """The vocabularies of everything added."""
         columns = self._columns or []
-        catalogue = None
-        if self._catalogues:
-            catalogue = pa.concat_tables(self._catalogues, promote_options="default")
-            catalogue = Vocabularies.catalogue(catalogue["item"], catalogue["cate"])
+        catalogue = self._catalogue() if self._catalogues else None
         return Vocabularies(
             users=self._vocabulary("users"),
             items=self._vocabulary("items"),
