@@ -221,9 +221,10 @@ def read_int_columns(
     table = read_delimited(path, separator, None if header else names, {name: pa.string() for name in names}, on_bad_line)
     if header and table.column_names != list(names):
         raise ValueError(f"{path}, line 1: expected the header {list(names)!r}, got {table.column_names!r}")
+    trimmed = {name: pc.utf8_trim_whitespace(table[name]) for name in int_columns}
     valid = None
     for name in int_columns:
-        integer = pc.match_substring_regex(pc.utf8_trim_whitespace(table[name]), r"^[+-]?[0-9]+$")
+        integer = pc.match_substring_regex(trimmed[name], r"^[+-]?[0-9]+$")
         valid = integer if valid is None else pc.and_(valid, integer)
     if valid is not None and not pc.all(valid).as_py():
         bad_rows = np.flatnonzero(~valid.to_numpy(zero_copy_only=False))
@@ -233,9 +234,9 @@ def read_int_columns(
             raise ValueError(f"{path}, line {line}: expected integers in {list(int_columns)} "
                              f"(on_bad_line='skip' skips such lines)")
         table = table.filter(valid)
+        trimmed = {name: values.filter(valid) for name, values in trimmed.items()}
         _report_skips(path, len(bad_rows))
-    return pa.table({name: pc.utf8_trim_whitespace(table[name]).cast(pa.int64()) if name in int_columns else table[name]
-                     for name in names})
+    return pa.table({name: trimmed[name].cast(pa.int64()) if name in trimmed else table[name] for name in names})
 
 
 def _data_line(path: str, row: int, header: bool) -> int:

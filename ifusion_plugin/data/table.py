@@ -133,17 +133,6 @@ def find_split_files(root: str) -> dict[str, str]:
     )
 
 
-def _read_split(path: str, list_separator: str, on_bad_line: OnBadLine = "error") -> pa.Table:
-    """One split's table: a file, or a shard directory's files concatenated in name order."""
-    tables = [_read_file(shard, list_separator, on_bad_line) for shard in split_files(path)]
-    if len(tables) == 1:
-        return tables[0]
-    try:
-        return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as error:
-        raise ValueError(f"{path}: the shards' schemas differ ({error})") from None
-
-
 def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error") -> pa.Table:
     if path.endswith(".parquet"):
         return pq.read_table(path)
@@ -169,7 +158,10 @@ def _file_batches(path: str, list_separator: str, on_bad_line: OnBadLine, rows: 
     """A file's rows ``rows`` at a time: Parquet by row-group batches (never the whole file in
     memory), CSV a file at a time (a CSV shard is bounded by how its writer sharded it)."""
     if path.endswith(".parquet"):
-        parquet = pq.ParquetFile(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as error:  # a truncated or foreign file: name it
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
         if parquet.metadata.num_rows == 0:
             yield parquet.read()  # no batches, but the columns (an empty split is still a split)
             return
@@ -248,20 +240,14 @@ def read_split_tables(root: str, list_separator: str = " ", on_bad_line: OnBadLi
         ValueError: a validation error from :func:`validate_table`, or a single file whose
             ``split`` column is missing or holds an unknown value.
     """
-    files = find_split_files(root)
-    tables: dict[str, pa.Table] = {}
-    if len(set(files.values())) == 1:
-        path = files["train"]
-        table = _read_split(path, list_separator, on_bad_line)
-        names = _split_names(table, path)
-        for split in SPLITS:
-            aliases = [alias for alias, target in _SPLIT_ALIASES.items() if target == split]
-            tables[split] = table.filter(pc.is_in(names, value_set=pa.array(aliases)))
-    else:
-        for split, path in files.items():
-            tables[split] = _read_split(path, list_separator, on_bad_line)
-    for split, table in tables.items():
-        validate_table(table, files[split])
+    # The streamed reader, gathered: one reading and validation path for both.
+    tables = {}
+    for split in SPLITS:
+        batches = list(iter_split(root, split, list_separator, on_bad_line))
+        try:
+            tables[split] = pa.concat_tables(batches, promote_options="default")
+        except pa.ArrowInvalid as error:
+            raise ValueError(f"{find_split_files(root)[split]}: the shards' schemas differ ({error})") from None
     return tables
 
 

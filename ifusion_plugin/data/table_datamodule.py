@@ -184,9 +184,8 @@ class TableDataModule(CTRDataModule):
         first = next(self._batches("train"))
         behaviors = None
         if "behavior_history" in first.column_names:
-            behaviors = build_vocabularies(
-                (batch.select(["user_id", "item_id", "item_history", "behavior_history"]) for batch in self._batches("train"))
-            ).behaviors
+            behaviors = Vocabulary(pa.chunked_array(
+                [pc.unique(pc.list_flatten(batch["behavior_history"])) for batch in self._batches("train")]))
         hashed = HashedIds(self.hash_buckets)
         return TableVocabularies(users=hashed, items=hashed, cates=hashed if "cate_id" in first.column_names else None,
                                  context={name: hashed for name in self.context_columns}, behaviors=behaviors)
