@@ -14,6 +14,7 @@ import pytest
 
 from ifusion_plugin.batch import FIRST_ID, OOV_ID, PAD_ID
 from ifusion_plugin.data.sequences import SequenceOptions
+from ifusion_plugin.data.storage import Ragged
 from ifusion_plugin.data.table import (
     Vocabulary,
     build_vocabularies,
@@ -21,6 +22,7 @@ from ifusion_plugin.data.table import (
     find_split_files,
     read_split_tables,
 )
+from ifusion_plugin.data.vocabulary import Vocabularies
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 OPTIONS = SequenceOptions(long_len=4, num_sessions=2, session_len=2)
@@ -197,3 +199,75 @@ def test_peer_split_loads_as_written(tmp_path: Path) -> None:
     cols = encode_table(tables["test"], vocab, SequenceOptions(long_len=50, num_sessions=4, session_len=5))
     assert set(np.unique(cols["label"]).tolist()) == {0.0, 1.0}
     assert (cols["session_items"][:, -1] != PAD_ID).any(axis=-1).all()  # every test row has a history
+
+
+@pytest.mark.parametrize("options", [
+    SequenceOptions(long_len=20, num_sessions=3, session_len=4),
+    SequenceOptions(long_len=7, num_sessions=3, session_len=4, long_includes_short=True),
+    SequenceOptions(long_len=30, num_sessions=2, session_len=5, long_includes_short=True),
+])
+def test_ragged_encoding_equals_the_padded_one(options: SequenceOptions) -> None:
+    # The cache's fast path slices each row's kept behaviours instead of padding them: decoded
+    # (right-aligned into zeros) it must give the padded arrays exactly, on a sliced batch too.
+    rng = np.random.default_rng(1)
+    rows = 400
+    offsets = pa.array(np.concatenate([[0], np.cumsum(rng.integers(0, 60, rows))]).astype(np.int32))
+    history = rng.integers(0, 300, offsets[-1].as_py())
+    table = pa.table({
+        "user_id": rng.integers(0, 50, rows), "item_id": rng.integers(0, 300, rows), "label": rng.integers(0, 2, rows),
+        "item_history": pa.ListArray.from_arrays(offsets, pa.array(history)),
+        "cate_id": rng.integers(0, 10, rows),
+        "cate_history": pa.ListArray.from_arrays(offsets, pa.array(history % 10)),
+        "behavior_history": pa.ListArray.from_arrays(offsets, pa.array(rng.choice(["pv", "buy"], len(history)))),
+    })
+    vocab = build_vocabularies(table.slice(0, 250))  # later rows hold unseen (OOV) ids
+    for batch in (table, table.slice(120, 200)):
+        padded, ragged = encode_table(batch, vocab, options), encode_table(batch, vocab, options, ragged=True)
+        assert list(ragged) == list(padded)
+        for name, expected in padded.items():
+            got = ragged[name]
+            if isinstance(got, Ragged):
+                width = int(np.prod(got.shape))
+                got = np.array([[PAD_ID] * (width - len(row)) + row for row in got.values.to_pylist()]).reshape(expected.shape)
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+    assert isinstance(ragged["session_behaviors"], Ragged)
+
+
+def test_integer_vocabularies_look_up_densely_as_the_hash_lookup_does() -> None:
+    # Integer keys in a bounded span use a dense table; it must agree with Arrow's hash lookup on
+    # unseen ids, ids outside the span (both ends of int64), nulls and other integer types.
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-50, 1000, 300)
+    vocab = Vocabulary(pa.array(keys))
+    values = pa.array([*rng.integers(-100, 1100, 2000).tolist(), None, 2**62, -2**63, 2**63 - 1])
+    hashed = Vocabulary(pa.array(keys))
+    hashed.DENSE_MIN_SPAN = hashed.DENSE_SPAN_PER_KEY = 0  # forces the hash lookup
+    expected = hashed.encode(values)
+    assert hashed._dense_table() is None and vocab._dense_table() is not None
+    np.testing.assert_array_equal(vocab.encode(values), expected)
+    small = pa.array(rng.integers(-60, 1010, 500).astype(np.int16))
+    np.testing.assert_array_equal(vocab.encode(small), hashed.encode(small))
+    assert (expected == OOV_ID).any() and (expected >= FIRST_ID).any()
+    # uint64 keys with a value beyond int64: the dense table cannot hold it, OOV by hashing.
+    unsigned = Vocabulary(pa.array(np.arange(5, 50, dtype=np.uint64)))
+    assert unsigned.encode(pa.array(np.array([7, 2**64 - 1], dtype=np.uint64))).tolist() == [FIRST_ID + 2, OOV_ID]
+
+
+def test_catalogue_keeps_each_items_last_category_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Integer items in a bounded span take a dense scatter-max; others a hash aggregation. Both
+    # must keep each item's last non-null category, listed in item order.
+    from ifusion_plugin.data import vocabulary as vocabulary_module
+
+    rng = np.random.default_rng(0)
+    for items in (rng.integers(-30, 500, 4000), rng.integers(0, 2**50, 3000)):
+        cates = pa.array([None if c % 7 == 0 else int(c) for c in rng.integers(0, 20, len(items))])
+        got = Vocabularies.catalogue(pa.array(items), cates)
+        with monkeypatch.context() as patch:
+            patch.setattr(vocabulary_module, "_last_positions_dense", lambda items: None)
+            assert got.equals(Vocabularies.catalogue(pa.array(items), cates))
+        expected: dict[int, int] = {}
+        for item, cate in zip(items.tolist(), cates.to_pylist()):
+            if cate is not None:
+                expected[item] = cate
+        assert got["item"].to_pylist() == sorted(expected)
+        assert got["cate"].to_pylist() == [expected[item] for item in sorted(expected)]

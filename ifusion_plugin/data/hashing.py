@@ -30,11 +30,14 @@ _KIND = "hashed-ids"
 def _mix(values: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser on uint64 (wrapping arithmetic)."""
     z = values.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # in place: one array, no temporaries of the batch's size
         z += np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
 
 
 def stable_hash(values: "pa.Array | pa.ChunkedArray") -> np.ndarray:
@@ -81,9 +84,16 @@ class HashedIds:
         array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         if pa.types.is_null(array.type):
             return np.full(len(array), OOV_ID, dtype=np.int64)
-        buckets = (stable_hash(array) % np.uint64(self.buckets)).astype(np.int64) + FIRST_ID
-        valid = pc.is_valid(array).to_numpy(zero_copy_only=False)
-        return np.where(valid, buckets, OOV_ID)
+        hashed = stable_hash(array)
+        if self.buckets & (self.buckets - 1) == 0:  # a power of two: the modulo is a mask
+            hashed &= np.uint64(self.buckets - 1)
+        else:
+            hashed %= np.uint64(self.buckets)
+        indices = hashed.view(np.int64)  # below 2**63 after the modulo
+        indices += FIRST_ID
+        if array.null_count:
+            indices[~pc.is_valid(array).to_numpy(zero_copy_only=False)] = OOV_ID
+        return indices
 
     def save(self, path: str) -> None:
         """Write the bucket count to ``path`` (JSON)."""

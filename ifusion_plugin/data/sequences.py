@@ -31,7 +31,7 @@ import numpy as np
 
 from ..batch import PAD_ID
 
-__all__ = ["SequenceOptions", "SplitHistory", "split_histories", "split_history"]
+__all__ = ["SequenceOptions", "SplitHistory", "chunk_ranges", "split_histories", "split_history"]
 
 
 @dataclass(frozen=True)
@@ -262,3 +262,30 @@ def split_histories(
     out["long_items"][target] = flat["items"][in_long]
     out["long_cates"][target] = flat["cates"][in_long]
     return out
+
+
+def chunk_ranges(lengths: np.ndarray, options: SequenceOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each row's parts lie in its history, for ``session_split="chunk"`` with every
+    behaviour allowed in both parts.
+
+    The ``(L,)`` long-term array of :func:`split_history` is ``history[long_begin:long_end]``
+    padded at the front, and its ``(K, N)`` sessions, flattened, are ``history[short_begin:]``
+    padded at the front: both are contiguous runs of the history. A store that keeps rows
+    without their leading padding (the cache does) can take them as slices, with no padded
+    array in between.
+
+    Args:
+        lengths: int array of shape ``(R,)``, each row's history length.
+        options: the split protocol; ``session_split`` must be ``"chunk"``.
+
+    Returns:
+        ``long_begin``, ``long_end``, ``short_begin``: int64 arrays of shape ``(R,)``,
+        positions within each row (the sessions end where the row ends).
+    """
+    if options.session_split != "chunk":
+        raise ValueError(f"chunk_ranges handles session_split='chunk', got {options.session_split!r}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    short_begin = lengths - np.minimum(lengths, options.num_sessions * options.session_len)
+    long_end = lengths if options.long_includes_short else short_begin
+    long_begin = np.maximum(long_end - options.long_len, 0)
+    return long_begin, long_end, short_begin

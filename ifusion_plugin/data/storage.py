@@ -11,6 +11,9 @@ disk:
   short history costs its length, not ``L`` int64s. Decoding right-aligns each row into
   ``prod(shape)`` zeros, which restores any int array exactly (interior zeros are kept).
 
+A source that already holds its rows without the padding gives them as :class:`Ragged` (its
+values and the per-sample shape) and no padded array is made.
+
 Chunks (record batches) are written one at a time (:class:`SplitWriter`), so a source can stream
 a split larger than memory; :func:`open_split` memory-maps the file and :class:`StoredSplit`
 gathers index batches from it without reading the split into RAM.
@@ -19,12 +22,14 @@ gathers index batches from it without reading the split into RAM.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["StoredSplit", "SplitWriter", "open_split", "SPLIT_FILE"]
+__all__ = ["Ragged", "StoredSplit", "SplitWriter", "open_split", "SPLIT_FILE"]
 
 #: The file of one split inside a cache directory's split folder.
 SPLIT_FILE = "samples.arrow"
@@ -51,6 +56,40 @@ def _ragged_array(values: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
+@dataclass(frozen=True)
+class Ragged:
+    """A column of per-sample int arrays of ``shape`` in the stored form: each sample's values,
+    flattened in C order, with the leading :data:`~ifusion_plugin.batch.PAD_ID` run left out.
+
+    Attributes:
+        values: ``list<int32>`` of ``S`` rows, each at most ``prod(shape)`` long (a leading
+            zero it keeps is stored as given; decoding gives the same padded array).
+        shape: the per-sample shape the rows decode to, right-aligned.
+    """
+
+    values: pa.ListArray
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.shape or any(size < 1 for size in self.shape):
+            raise ValueError(f"a ragged column needs a non-empty shape of positive sizes, got {self.shape}")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _checked_ragged(path: str, name: str, column: Ragged) -> pa.ListArray:
+    values = column.values
+    if not pa.types.is_list(values.type) or not pa.types.is_int32(values.type.value_type):
+        raise ValueError(f"{path}: ragged column {name!r} must be list<int32>, got {values.type}")
+    width = math.prod(column.shape)
+    longest = pc.max(pc.list_value_length(values)).as_py() if len(values) else 0
+    if longest is not None and longest > width:
+        raise ValueError(f"{path}: ragged column {name!r} has a row of {longest} values, more than its shape "
+                         f"{list(column.shape)} holds ({width})")
+    return values
+
+
 class SplitWriter:
     """Writes one split's chunks to ``path`` (an Arrow IPC file) as they come.
 
@@ -68,10 +107,12 @@ class SplitWriter:
         self._wide: dict[str, bool] = {}
         self._writer: Optional[pa.ipc.RecordBatchFileWriter] = None
 
-    def write(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append a chunk: ``columns`` maps names to arrays of shape ``(S_chunk, *shape)``."""
-        arrays = {name: np.asarray(values) for name, values in columns.items()}
-        shapes = {name: list(values.shape[1:]) for name, values in arrays.items()}
+    def write(self, columns: Mapping[str, Union[np.ndarray, Ragged]]) -> None:
+        """Append a chunk: ``columns`` maps names to arrays of shape ``(S_chunk, *shape)`` or to
+        :class:`Ragged` columns of ``S_chunk`` rows."""
+        arrays = {name: values if isinstance(values, Ragged) else np.asarray(values) for name, values in columns.items()}
+        shapes = {name: list(values.shape if isinstance(values, Ragged) else values.shape[1:])
+                  for name, values in arrays.items()}
         lengths = {len(values) for values in arrays.values()}
         if len(lengths) != 1:
             raise ValueError(f"{self.path}: a chunk's columns must have one length, got "
@@ -87,6 +128,9 @@ class SplitWriter:
             raise ValueError(f"{self.path}: a chunk's columns differ from the first chunk's, expected {self.shapes}, got {shapes}")
         batch_arrays = []
         for name, values in arrays.items():
+            if isinstance(values, Ragged):
+                batch_arrays.append(_checked_ragged(self.path, name, values))
+                continue
             if values.dtype.kind not in "iub" and name != "label":
                 raise ValueError(f"{self.path}: column {name!r} must hold integers, got dtype {values.dtype}")
             if name != "label" and values.size and not self._wide.get(name, False) and (

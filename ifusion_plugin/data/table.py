@@ -41,8 +41,9 @@ import pyarrow.parquet as pq
 
 from ..batch import FIRST_ID, OOV_ID, PAD_ID
 from .logs import OnBadLine, read_delimited
-from .sequences import SequenceOptions, split_histories, split_history
-from .vocabulary import Vocabularies, Vocabulary
+from .sequences import SequenceOptions, chunk_ranges, split_histories, split_history
+from .storage import Ragged
+from .vocabulary import Vocabularies, Vocabulary, distinct
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -353,9 +354,9 @@ class TrainVocabularies:
     def _keep(self, name: str, values: "pa.Array | pa.ChunkedArray") -> None:
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         parts = self._distinct.setdefault(name, [])
-        parts.append(pc.unique(values))
+        parts.append(distinct(values))
         if len(parts) >= self.MERGE_EVERY:
-            self._distinct[name] = [pc.unique(self._merged(name, parts))]
+            self._distinct[name] = [distinct(self._merged(name, parts))]
 
     @staticmethod
     def _merged(name: str, parts: list[pa.Array]) -> pa.Array:
@@ -427,7 +428,8 @@ def encode_table(
     context_columns: Sequence[str] = (),
     long_behaviors: Optional[Sequence[object]] = None,
     session_behaviors: Optional[Sequence[object]] = None,
-) -> dict[str, np.ndarray]:
+    ragged: bool = False,
+) -> dict[str, "np.ndarray | Ragged"]:
     """Encode a validated table into the stored sample columns of :data:`~ifusion_plugin.batch.SAMPLE_COLUMNS`.
 
     Returns:
@@ -437,21 +439,110 @@ def encode_table(
         not empty, and ``session_behaviors`` of shape ``(R, K, N)`` when the table has a
         ``behavior_history`` column. ``long_behaviors`` and ``session_behaviors`` (raw type
         values; ``None``: all) select the history entries the long-term sequence and the
-        sessions may hold, as the Taobao-format loader does.
+        sessions may hold, as the Taobao-format loader does. With ``ragged`` the history and
+        session columns come as :class:`~ifusion_plugin.data.storage.Ragged` (the cache's
+        form: each row's behaviours without the padding, no padded array made) where the split
+        allows it (``chunk`` sessions, no behaviour filters), else padded as above.
 
     Raises:
         ValueError: ``time_gap`` sessions without a ``history_timestamps`` column, or behaviour
             filters without a ``behavior_history`` column.
     """
     rows = table.num_rows
+    fast = options.session_split == "chunk" and long_behaviors is None and session_behaviors is None
+    if ragged and fast:
+        histories = _ragged_histories(table, vocabularies, options)
+    else:
+        histories = _padded_histories(table, vocabularies, options, long_behaviors, session_behaviors)
+    if vocabularies.cates is not None and "cate_id" in table.column_names:
+        target_cate = vocabularies.cates.encode(table["cate_id"])
+    else:
+        target_cate = np.full(rows, OOV_ID, dtype=np.int64)
+    columns: dict[str, "np.ndarray | Ragged"] = {
+        "user": vocabularies.users.encode(table["user_id"]),
+        "target_item": vocabularies.items.encode(table["item_id"]),
+        "target_cate": target_cate,
+        **histories,
+        # Requests at serving have no label.
+        "label": (table["label"].cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
+                  if "label" in table.column_names else np.zeros(rows, dtype=np.float32)),
+    }
+    if context_columns:
+        columns["context"] = np.stack([vocabularies.context[name].encode(table[name]) for name in context_columns], axis=1)
+    return columns
+
+
+def _history_values(table: pa.Table, name: str, like: Optional[str] = None) -> pa.Array:
+    """The flattened list column ``name`` (every row's values in order), cast to ``like``'s type:
+    histories spell ids as the candidates do (a CSV history is text even for integer ids)."""
+    flat = pc.list_flatten(table[name].combine_chunks())
+    return flat.cast(table[like].type) if like is not None and len(flat) else flat
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concat(arange(s, s + n) for s, n in zip(starts, lengths))`` without a loop."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def _ragged_histories(table: pa.Table, vocabularies: TableVocabularies, options: SequenceOptions) -> dict[str, Ragged]:
+    """The history and session columns as :class:`Ragged` slices (``chunk`` sessions, no
+    behaviour filters): only the behaviours a row keeps are encoded."""
+    history = table["item_history"].combine_chunks()
+    offsets = history.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    long_begin, long_end, short_begin = chunk_ranges(lengths, options)
+    keep_begin = np.minimum(long_begin, short_begin)
+    kept = pa.array(_ranges(offsets[:-1] - offsets[0] + keep_begin, lengths - keep_begin))
+    # Each row's kept behaviours, encoded once; the parts are slices of them.
+    kept_lengths = lengths - keep_begin
+    kept_starts = np.cumsum(kept_lengths) - kept_lengths
+    encoded = {"items": vocabularies.items.encode(_history_values(table, "item_history", "item_id").take(kept))}
+    if vocabularies.cates is not None and "cate_history" in table.column_names:
+        encoded["cates"] = vocabularies.cates.encode(_history_values(table, "cate_history").take(kept))
+    else:
+        encoded["cates"] = np.full(len(kept), OOV_ID, dtype=np.int64)
+    if "behavior_history" in table.column_names:
+        assert vocabularies.behaviors is not None, "vocabularies built from a table without behavior_history"
+        encoded["behaviors"] = vocabularies.behaviors.encode(_history_values(table, "behavior_history").take(kept))
+
+    encoded = {name: values.astype(np.int32) for name, values in encoded.items()}  # the cache's width
+
+    def part(values: np.ndarray, begin: np.ndarray, end: np.ndarray, shape: tuple[int, ...]) -> Ragged:
+        counts = end - begin
+        row_offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+        np.cumsum(counts, out=row_offsets[1:])
+        taken = values[_ranges(kept_starts + begin - keep_begin, counts)]
+        return Ragged(pa.ListArray.from_arrays(pa.array(row_offsets), pa.array(taken)), shape)
+
+    sessions = (options.num_sessions, options.session_len)
+    out = {
+        "long_items": part(encoded["items"], long_begin, long_end, (options.long_len,)),
+        "long_cates": part(encoded["cates"], long_begin, long_end, (options.long_len,)),
+        "session_items": part(encoded["items"], short_begin, lengths, sessions),
+        "session_cates": part(encoded["cates"], short_begin, lengths, sessions),
+    }
+    if "behaviors" in encoded:
+        out["session_behaviors"] = part(encoded["behaviors"], short_begin, lengths, sessions)
+    return out
+
+
+def _padded_histories(
+    table: pa.Table,
+    vocabularies: TableVocabularies,
+    options: SequenceOptions,
+    long_behaviors: Optional[Sequence[object]],
+    session_behaviors: Optional[Sequence[object]],
+) -> dict[str, np.ndarray]:
+    """The history and session columns as padded arrays (see :func:`encode_table`)."""
+    rows = table.num_rows
     history = table["item_history"].combine_chunks()
     offsets = history.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
-    # Histories spell ids as the candidates do (a CSV history is text even for integer ids).
-    flat_items = vocabularies.items.encode(history.flatten().cast(table["item_id"].type) if len(history.flatten()) else history.flatten())
+    flat_items = vocabularies.items.encode(_history_values(table, "item_history", "item_id"))
     if vocabularies.cates is not None and "cate_history" in table.column_names:
-        cate_hist = table["cate_history"].combine_chunks()
-        flat_cates = vocabularies.cates.encode(cate_hist.flatten())
+        flat_cates = vocabularies.cates.encode(_history_values(table, "cate_history"))
     else:
         flat_cates = np.full(len(flat_items), OOV_ID, dtype=np.int64)
     flat_times: Optional[np.ndarray] = None
@@ -462,7 +553,7 @@ def encode_table(
 
     flat_behaviors = flat_in_long = flat_in_sessions = None
     if "behavior_history" in table.column_names:
-        raw_behaviors = table["behavior_history"].combine_chunks().flatten()
+        raw_behaviors = _history_values(table, "behavior_history")
         assert vocabularies.behaviors is not None, "vocabularies built from a table without behavior_history"
         flat_behaviors = vocabularies.behaviors.encode(raw_behaviors)
         flat_in_long = _member(raw_behaviors, long_behaviors)
@@ -480,24 +571,7 @@ def encode_table(
         long_items, long_cates, session_items, session_cates, session_behavior_ids = _split_rows(
             rows, offsets, flat_items, flat_cates, flat_times, flat_behaviors, flat_in_long, flat_in_sessions, options)
 
-    if vocabularies.cates is not None and "cate_id" in table.column_names:
-        target_cate = vocabularies.cates.encode(table["cate_id"])
-    else:
-        target_cate = np.full(rows, OOV_ID, dtype=np.int64)
-    columns: dict[str, np.ndarray] = {
-        "user": vocabularies.users.encode(table["user_id"]),
-        "target_item": vocabularies.items.encode(table["item_id"]),
-        "target_cate": target_cate,
-        "long_items": long_items,
-        "long_cates": long_cates,
-        "session_items": session_items,
-        "session_cates": session_cates,
-        # Requests at serving have no label.
-        "label": (table["label"].cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)
-                  if "label" in table.column_names else np.zeros(rows, dtype=np.float32)),
-    }
-    if context_columns:
-        columns["context"] = np.stack([vocabularies.context[name].encode(table[name]) for name in context_columns], axis=1)
+    columns = {"long_items": long_items, "long_cates": long_cates, "session_items": session_items, "session_cates": session_cates}
     if session_behavior_ids is not None:
         columns["session_behaviors"] = session_behavior_ids
     assert PAD_ID == 0  # the zero-initialised arrays above rely on it

@@ -170,7 +170,7 @@ class TableDataModule(CTRDataModule):
         for table in self._batches(split):
             yield {
                 **encode_table(table, vocabularies, self.sequence_options, self.context_columns,
-                               self.long_behaviors, self.session_behaviors),
+                               self.long_behaviors, self.session_behaviors, ragged=True),
                 # Kept as written (ints or strings), so predictions name ids unseen in train too.
                 **{name: table[name] for name in RAW_ID_COLUMNS},
             }

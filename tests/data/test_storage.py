@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from ifusion_plugin.data.storage import SplitWriter, open_split
+from ifusion_plugin.data.storage import Ragged, SplitWriter, open_split
 
 
 def _columns(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
@@ -61,3 +62,23 @@ def test_ids_beyond_int32_stay_exact_and_chunks_must_agree(tmp_path) -> None:
         writer.write({"long_items": np.array([[1, 2**40]])})
     with pytest.raises(IndexError, match=r"\[0, 2\)"):
         split[np.array([5])]
+
+
+def test_ragged_columns_are_stored_as_given_and_checked(tmp_path) -> None:
+    # A source holding rows without their padding hands them over as Ragged: the file equals
+    # the one written from the padded arrays, and a mix of both forms is one split.
+    rng = np.random.default_rng(0)
+    padded = _columns(rng, 60)
+    trimmed = [row[np.argmax(row != 0):].tolist() if row.any() else [] for row in padded["long_items"]]
+    ragged = Ragged(pa.array(trimmed, type=pa.list_(pa.int32())), (8,))
+    writer = SplitWriter(str(tmp_path / "r.arrow"))
+    writer.write({**padded, "long_items": ragged})
+    writer.write(padded)
+    split = open_split(str(tmp_path / "r.arrow"), writer.close())
+    np.testing.assert_array_equal(split["long_items"], np.concatenate([padded["long_items"]] * 2))
+    with pytest.raises(ValueError, match="a row of 9 values, more than its shape"):
+        SplitWriter(str(tmp_path / "s.arrow")).write({"long_items": Ragged(pa.array([[1] * 9], type=pa.list_(pa.int32())), (2, 4))})
+    with pytest.raises(ValueError, match="must be list<int32>, got list<item: int64>"):
+        SplitWriter(str(tmp_path / "s.arrow")).write({"long_items": Ragged(pa.array([[1]]), (8,))})
+    with pytest.raises(ValueError, match="non-empty shape"):
+        Ragged(pa.array([[1]], type=pa.list_(pa.int32())), ())
