@@ -31,8 +31,18 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
-from benchmarks.fusion_eval_knobs import evaluate, load_recipe_datamodule
-from benchmarks.quality import HOST_NAMES, HOSTS, QUICK_OPTIONS, ROOT, METRICS, cli_fit_command, load_runs, run_cli, run_key
+from benchmarks.evaluation import evaluate, load_task, recipe_datamodule, split_batches
+from benchmarks.quality import (
+    HOST_NAMES,
+    HOSTS,
+    METRICS,
+    QUICK_OPTIONS,
+    ROOT,
+    cli_fit_command,
+    load_runs,
+    run_cli,
+    run_key,
+)
 from benchmarks.zero_data import guidance_cosine
 from ifusion_plugin.batch import CTRBatch
 from ifusion_plugin.task import CTRTask
@@ -118,11 +128,12 @@ def train(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
     return runs
 
 
-def timed_evaluate(task: CTRTask, batches: list[CTRBatch]) -> tuple[float, float]:
-    """(validation AUC, evaluated samples per second after one warm-up batch)."""
-    evaluate(task, batches[:1])
+def timed_evaluate(task: CTRTask, batches: list[CTRBatch], **serving: Any) -> tuple[float, float]:
+    """(validation AUC, evaluated samples per second after one warm-up batch) with the given
+    serving settings."""
+    evaluate(task, batches[:1], **serving)
     start = time.perf_counter()
-    auc, _ = evaluate(task, batches)
+    auc, _ = evaluate(task, batches, **serving)
     return auc, sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
@@ -165,25 +176,23 @@ def serve(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, Any]:
         if datamodule is None:
             quick = {name[len(DATA):]: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in QUICK_OPTIONS)
                      if name.startswith(DATA)} if args.quick else {}
-            datamodule = load_recipe_datamodule(args.data, args.data_root, args.cwd, quick)
-            batches = list(datamodule.val_dataloader())
+            datamodule = recipe_datamodule(args.data, args.data_root, args.cwd, **quick)
+            batches = split_batches(datamodule, "valid")
 
         def load(variant: str) -> Optional[CTRTask]:
             row = runs.get(run_key(args.host, variant, seed))
             if row is None or not row.get("checkpoint"):
                 return None
-            return CTRTask.load_from_checkpoint(row["checkpoint"], map_location="cpu").eval()
+            return load_task(row["checkpoint"])
 
         result: dict[str, Any] = {"steps": {}, "gamma_grid": [], "t_start": [], "cosine": {}, "swapped_long": {}}
         for variant in ("default", "schedule=linear", "consistency off"):
             task = load(variant)
             if task is None:
                 continue
-            fusion = task.host.fusion
             rows = []
             for s in steps:
-                with fusion.serving(sampling_steps=s):
-                    auc, speed = timed_evaluate(task, batches)
+                auc, speed = timed_evaluate(task, batches, sampling_steps=s)
                 rows.append({"steps": s, "val_auc": auc, "samples_per_s": speed})
             result["steps"][variant] = rows
             if variant == "default":
@@ -191,11 +200,11 @@ def serve(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, Any]:
                     for gamma_tf in gammas:
                         if gamma_cp + gamma_tf == 0:
                             continue
-                        with fusion.serving(sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf):
-                            result["gamma_grid"].append({"gamma_cp": gamma_cp, "gamma_tf": gamma_tf, "val_auc": evaluate(task, batches)[0]})
+                        auc = evaluate(task, batches, sampling_steps=1, gamma_cp=gamma_cp, gamma_tf=gamma_tf)[0]
+                        result["gamma_grid"].append({"gamma_cp": gamma_cp, "gamma_tf": gamma_tf, "val_auc": auc})
                 for t_start in t_starts:
-                    with fusion.serving(sampling_steps=1, t_start=t_start):
-                        result["t_start"].append({"t_start": t_start, "val_auc": evaluate(task, batches)[0]})
+                    auc = evaluate(task, batches, sampling_steps=1, t_start=t_start)[0]
+                    result["t_start"].append({"t_start": t_start, "val_auc": auc})
         for variant in ("default", "disentangle off"):
             task = load(variant)
             if task is not None:

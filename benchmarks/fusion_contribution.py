@@ -21,40 +21,19 @@ from typing import Optional
 import numpy as np
 import torch
 
+from benchmarks.evaluation import (
+    best_checkpoint,
+    labels_of,
+    load_task,
+    probabilities,
+    run_datamodule,
+    split_batches,
+)
 from ifusion_plugin.fusion import InterestFusion
 from ifusion_plugin.paired import paired_auc_difference
-from ifusion_plugin.run_config import datamodule_from_config
-from ifusion_plugin.task import CTRTask
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_NAMES = {"avgpool": "AvgPoolDNN", "din": "DIN", "sim": "SIM", "twin": "TWIN"}
-
-
-def best_checkpoint(logs: Path, host: str, seed: int) -> Path:
-    """The best (not ``last``) checkpoint of one run of the sweep."""
-    found = sorted(p for p in (logs / f"{host}-ifusion-seed{seed}").rglob("checkpoints/*.ckpt") if p.name != "last.ckpt")
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one best checkpoint of {host}/ifusion/seed {seed} under {logs}, found {found}")
-    return found[0]
-
-
-def datamodule_of(config: Path, data_root: Optional[str] = None):
-    """The datamodule of a run's resolved config (``<out>/configs/*.yaml``, every option the run
-    used), relative roots resolved from the repository (the runs' working directory)."""
-    overrides = {"eval_batch_size": 2048, **({"root": data_root} if data_root else {})}
-    datamodule = datamodule_from_config(str(config), cwd=str(ROOT), overrides=overrides)
-    datamodule.setup("validate")
-    return datamodule
-
-
-def scores(task: CTRTask, batches: list, zero_gate: bool) -> np.ndarray:
-    """Click probabilities ``(n,)`` over ``batches``; with ``zero_gate`` the generated interest is
-    removed (``generated_scale=0``: ``fused`` is the skip's concat alone)."""
-    fusion = task.host.fusion
-    if not isinstance(fusion, InterestFusion) or fusion.skip is None:
-        raise ValueError("the checkpoint's fusion is not an InterestFusion with concat_skip")
-    with torch.no_grad(), fusion.serving(generated_scale=0.0 if zero_gate else 1.0):
-        return torch.cat([torch.sigmoid(task(batch).logits) for batch in batches]).numpy()
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict]:
@@ -63,18 +42,22 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
     if not runs:
         raise SystemExit(f"no iFusion runs in {Path(args.out) / 'runs.jsonl'}")
     first = runs[0]
-    data = datamodule_of(Path(args.out) / "configs" / f"{first['host']}-ifusion-seed{first['seed']}.yaml", args.data_root)
-    batches = list(data.test_dataloader() if args.split == "test" else data.val_dataloader())
-    labels = torch.cat([b.label for b in batches]).numpy()
+    data = run_datamodule(Path(args.out) / "configs" / f"{first['host']}-ifusion-seed{first['seed']}.yaml", args.data_root)
+    batches = split_batches(data, args.split)
+    labels = labels_of(batches)
     users = torch.cat([b.user for b in batches]).numpy()
     results: dict[str, dict] = {}
     for host in dict.fromkeys(r["host"] for r in runs):
         kept, zeroed, gates, seeds = [], [], [], []
         for run in (r for r in runs if r["host"] == host):
-            task = CTRTask.load_from_checkpoint(best_checkpoint(Path(args.logs), host, run["seed"]), map_location="cpu").eval()
-            kept.append(scores(task, batches, zero_gate=False))
-            zeroed.append(scores(task, batches, zero_gate=True))
-            gates.append(task.host.fusion.skip_gate.abs().mean().item())
+            task = load_task(best_checkpoint(Path(args.logs), f"{host}-ifusion-seed{run['seed']}"))
+            fusion = task.host.fusion
+            if not isinstance(fusion, InterestFusion) or fusion.skip is None:
+                raise ValueError(f"{host} seed {run['seed']}: the checkpoint's fusion is not an InterestFusion with concat_skip")
+            kept.append(probabilities(task, batches))
+            # generated_scale=0: fused is the skip's concat alone, x0_hat removed.
+            zeroed.append(probabilities(task, batches, generated_scale=0.0))
+            gates.append(fusion.skip_gate.abs().mean().item())
             seeds.append(run["seed"])
         pair = paired_auc_difference(labels, np.stack(kept), np.stack(zeroed), users, replicates=args.replicates)
         results[host] = {"split": args.split, "seeds": seeds, "zeroed_minus_kept": pair.diff, "low": pair.low,

@@ -1,6 +1,7 @@
 """AUC of trained host + InterestFusion checkpoints under other serving settings.
 
-``--ckpt``: one checkpoint on the validation split, with the serving-time knobs of
+``--ckpt``: one checkpoint on the validation split of the data its run trained on (the
+``config.yaml`` that ``fit`` saved beside its checkpoints), with the serving-time knobs of
 InterestFusion changed one at a time (the guidance scales, the start step ``t_start``).
 ``--runs``: every iFusion checkpoint of a quality sweep (``benchmarks/out/quality-*/runs.jsonl``)
 served with each ``t_start`` x ``sampling_steps``, mean +- std over seeds per host, on
@@ -8,9 +9,8 @@ served with each ``t_start`` x ``sampling_steps``, mean +- std over seeds per ho
 Nothing is retrained, so the rows differ only by how the same weights are served; this is how
 the serving defaults were chosen (BENCHMARKS.md).
 
-    python benchmarks/fusion_eval_knobs.py --ckpt logs/lightning_logs/version_0/checkpoints/<best>.ckpt \
-        --data-root ../shared/data/movielens-1m
-    python benchmarks/fusion_eval_knobs.py --runs benchmarks/out/quality-movielens-1m/runs.jsonl \
+    python -m benchmarks.fusion_eval_knobs --ckpt logs/lightning_logs/version_0/checkpoints/<best>.ckpt
+    python -m benchmarks.fusion_eval_knobs --runs benchmarks/out/quality-movielens-1m/runs.jsonl \
         --t-start 10 100 300 --sampling-steps 1 2 --split valid
 """
 
@@ -20,44 +20,18 @@ import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-import yaml
-from torchmetrics.functional.classification import binary_auroc
 
-from ifusion_plugin.data import MovieLens1MDataModule
+from benchmarks.evaluation import (
+    checkpoint_datamodule,
+    evaluate,
+    load_task,
+    recipe_datamodule,
+    split_batches,
+)
 from ifusion_plugin.fusion import InterestFusion
-from ifusion_plugin.run_config import datamodule_from_section
-from ifusion_plugin.task import CTRTask
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_recipe_datamodule(data: str, data_root: Optional[str], cwd: str, overrides: Optional[dict[str, Any]] = None) -> Any:
-    """The datamodule of ``recipes/data/<data>.yaml`` (``synthetic``: the recipes' default data),
-    built in this process with ``root`` replaced by ``data_root`` when given, relative roots
-    resolved from ``cwd``, and ``overrides`` applied to its init_args; set up for evaluation."""
-    if data == "synthetic":
-        section = yaml.safe_load((ROOT / "recipes" / "common" / "synthetic.yaml").read_text())
-    else:
-        section = yaml.safe_load((ROOT / "recipes" / "data" / f"{data}.yaml").read_text())["data"]
-    overrides = {**(overrides or {}), **({"root": data_root} if data_root else {})}
-    datamodule = datamodule_from_section(section, source=f"recipes/data/{data}.yaml", cwd=cwd, overrides=overrides)
-    datamodule.setup("validate")
-    return datamodule
-
-
-def evaluate(task: CTRTask, batches: list) -> tuple[float, float]:
-    """(AUC, logloss) over ``batches``."""
-    probs, labels = [], []
-    with torch.no_grad():
-        for batch in batches:
-            probs.append(torch.sigmoid(task(batch).logits))
-            labels.append(batch.label)
-    p, y = torch.cat(probs), torch.cat(labels).float()
-    logloss = torch.nn.functional.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y).item()
-    return binary_auroc(p, y.long()).item(), logloss
 
 
 def serve_grid(args: argparse.Namespace) -> None:
@@ -65,18 +39,14 @@ def serve_grid(args: argparse.Namespace) -> None:
     ``sampling_steps``) on ``--split``: AUC mean +- std over the seeds, per host."""
     runs = [json.loads(line) for line in Path(args.runs).read_text().splitlines() if line.strip()]
     runs = [r for r in runs if r["fusion"] == "ifusion" and r.get("checkpoint")]
-    data = load_recipe_datamodule(
-        args.data, args.data_root, str(ROOT), {"eval_batch_size": 2048, **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
-    )
-    batches = list(data.val_dataloader() if args.split == "valid" else data.test_dataloader())
+    data = recipe_datamodule(args.data, args.data_root, eval_batch_size=2048, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    batches = split_batches(data, args.split)
     settings = [(t, s) for s in args.sampling_steps for t in [None, *args.t_start]]
     results: dict[tuple[str, Optional[int], int], list[float]] = {}
     for run in runs:
-        task = CTRTask.load_from_checkpoint(run["checkpoint"], map_location="cpu").eval()
-        fusion = task.host.fusion
-        for t_start, steps in settings:
-            with fusion.serving(t_start=t_start, sampling_steps=steps):  # the trained scales
-                results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches)[0])
+        task = load_task(run["checkpoint"])
+        for t_start, steps in settings:  # the trained scales
+            results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches, t_start=t_start, sampling_steps=steps)[0])
     print(f"{args.split} AUC of the iFusion checkpoints in {args.runs} (mean +- std over seeds)\n")
     print("| host | t_start | S | seeds | AUC | vs t_start None, same S |\n|---|---|---|---|---|---|")
     for (host, t_start, steps), aucs in results.items():
@@ -87,12 +57,12 @@ def serve_grid(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fusion_eval_knobs", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint of a CTRTask whose host uses InterestFusion")
     source.add_argument("--runs", help="runs.jsonl of `python -m benchmarks.quality`: every iFusion checkpoint in it")
     parser.add_argument("--data", default="movielens-1m", help="with --runs: the data recipe the sweep used (recipes/data/<name>.yaml)")
-    parser.add_argument("--data-root", default=None, help="override the data recipe's root (--ckpt: default ../shared/data/movielens-1m)")
+    parser.add_argument("--data-root", default=None, help="override the data's root (--ckpt: its run's config.yaml names the data)")
     parser.add_argument("--cache-dir", default=None, help="dataset cache (default: $IFUSION_CACHE_DIR or ~/.cache)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--t-start", type=int, nargs="*", default=[10, 100, 300, 600])
@@ -104,13 +74,13 @@ def main() -> None:
         serve_grid(args)
         return
 
-    task = CTRTask.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    task = load_task(args.ckpt)
     fusion = task.host.fusion
     if not isinstance(fusion, InterestFusion):
         raise ValueError(f"--ckpt must hold a host with InterestFusion, got {type(fusion).__name__}")
-    data = MovieLens1MDataModule(root=args.data_root or "../shared/data/movielens-1m", cache_dir=args.cache_dir, eval_batch_size=2048)
-    data.setup("validate")
-    batches = list(data.val_dataloader())
+    # The data the run trained on, from the config.yaml fit saved beside its checkpoints.
+    data = checkpoint_datamodule(args.ckpt, args.data_root, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    batches = split_batches(data, "valid")
 
     trained = (fusion.gamma_cp, fusion.gamma_tf, fusion.t_start)
     ratio_sum_one = (2.0 / 3.0, 1.0 / 3.0)
@@ -124,8 +94,7 @@ def main() -> None:
     print("| serving setting | gamma_cp | gamma_tf | t_start | val AUC | val logloss |")
     print("|---|---|---|---|---|---|")
     for label, gamma_cp, gamma_tf, t_start in rows:
-        with fusion.serving(gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=t_start):
-            auc, logloss = evaluate(task, batches)
+        auc, logloss = evaluate(task, batches, gamma_cp=gamma_cp, gamma_tf=gamma_tf, t_start=t_start)
         print(f"| {label} | {gamma_cp:.3g} | {gamma_tf:.3g} | {t_start} | {auc:.4f} | {logloss:.4f} |", flush=True)
 
 

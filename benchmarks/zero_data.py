@@ -8,8 +8,7 @@ their fallbacks directly. For iFusion checkpoints with DCFG the mean ``|cos(g_cp
 over the present sessions of the test split is reported too (the disentanglement the paper
 never measured).
 
-    python -m benchmarks.zero_data --data-root ../shared/data/movielens-1m \
-        --ckpt concat=PATH_A --ckpt ifusion=PATH_B
+    python -m benchmarks.zero_data --ckpt concat=PATH_A --ckpt ifusion=PATH_B   # the data of their runs' config.yaml
 """
 
 from __future__ import annotations
@@ -20,9 +19,13 @@ from typing import Optional
 
 import torch
 
-from benchmarks.fusion_eval_knobs import evaluate
+from benchmarks.evaluation import (
+    checkpoint_datamodule,
+    evaluate,
+    load_task,
+    split_batches,
+)
 from ifusion_plugin.batch import CTRBatch
-from ifusion_plugin.data import MovieLens1MDataModule
 from ifusion_plugin.fusion import InterestFusion
 from ifusion_plugin.task import CTRTask
 
@@ -57,26 +60,26 @@ def guidance_cosine(task: CTRTask, batches: list[CTRBatch]) -> Optional[float]:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.zero_data", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", action="append", required=True, help="NAME=PATH of a CTRTask checkpoint (repeat)")
-    parser.add_argument("--data-root", default="../shared/data/movielens-1m")
+    parser.add_argument("--data-root", default=None, help="override the data's root (default: the first checkpoint's run config)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = MovieLens1MDataModule(root=args.data_root, cache_dir=args.cache_dir, eval_batch_size=2048)
-    data.setup("test")
-    batches = list(data.test_dataloader())
+    specs = [spec.partition("=") for spec in args.ckpt]
+    bad = [f"{name}{sep}{path}" for name, sep, path in specs if not path]
+    if bad:
+        raise ValueError(f"--ckpt must be NAME=PATH, got {bad}")
+    # The data of the first checkpoint's run (the config.yaml fit saved beside it); the
+    # checkpoints compared must share it.
+    data = checkpoint_datamodule(specs[0][2], args.data_root, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    batches = split_batches(data, "test")
     num_sessions = data.feature_spec.num_sessions
 
     settings = [("as is", lambda b: b), ("long-term removed", without_long)]
     settings += [(f"oldest {k} of {num_sessions} sessions removed", lambda b, k=k: without_oldest_sessions(b, k))
                  for k in range(1, num_sessions + 1)]
-    names, tasks = [], []
-    for spec in args.ckpt:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise ValueError(f"--ckpt must be NAME=PATH, got {spec!r}")
-        names.append(name)
-        tasks.append(CTRTask.load_from_checkpoint(path, map_location="cpu").eval())
+    names = [name for name, _, _ in specs]
+    tasks = [load_task(path) for _, _, path in specs]
     print("| test setting | " + " | ".join(f"{n} AUC" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for label, change in settings:

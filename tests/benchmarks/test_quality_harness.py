@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +55,28 @@ def test_quality_quick_and_resume(tmp_path) -> None:
     assert sorted(measured) == ["avgpool", "twin"] and all(m["seeds"] == [0, 1] for m in measured.values())
     assert all(m["low"] <= m["zeroed_minus_kept"] <= m["high"] and m["mean_abs_gate"] > 0 for m in measured.values())
     assert "| TWIN | 2 |" in contribution.stdout
+
+    # The benchmarks' one checkpoint evaluator rebuilds a run's data from the config.yaml fit
+    # saved and scores its best checkpoint as the CLI's test did.
+    from benchmarks.evaluation import (
+        best_checkpoint,
+        checkpoint_datamodule,
+        evaluate,
+        load_task,
+        probabilities,
+        split_batches,
+    )
+
+    for fusion in ("concat", "ifusion"):
+        row = next(r for r in rows if (r["host"], r["fusion"], r["seed"]) == ("twin", fusion, 1))
+        ckpt = best_checkpoint(tmp_path / "logs", f"twin-{fusion}-seed1")
+        task, batches = load_task(ckpt), split_batches(checkpoint_datamodule(ckpt), "test")
+        auc, logloss = evaluate(task, batches)
+        assert (auc, logloss) == pytest.approx((row["test_auc"], row["test_logloss"]), abs=1e-5)
+    # iFusion's serving settings reach the scores: with x0_hat removed they change.
+    assert not np.allclose(probabilities(task, batches, generated_scale=0.0), probabilities(task, batches))
+    with pytest.raises(ValueError, match="need an InterestFusion checkpoint, got ConcatFusion"):
+        evaluate(load_task(best_checkpoint(tmp_path / "logs", "twin-concat-seed1")), batches, t_start=10)
 
     # --report rebuilds the same table from the committed raw results alone.
     report = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--report", "--out", str(out),
