@@ -159,7 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"| {key} | {value:,.2f} | {'<=' if key in ('disk_bytes_per_row', 'peak_rss_gib') else '>='} {target:,} | "
               f"{'met' if met else 'not met'} |")
     print(f"\nprepare {measured['prepare_s']:.1f} s; Parquet decoding alone {measured['parquet_read_rows_per_s']:,.0f} rows/s "
-          f"(one pass; the build makes two); loader {measured['loader_samples_per_s']:,.0f} samples/s; "
+          f"(one pass; the build makes two, one with hashed ids); loader {measured['loader_samples_per_s']:,.0f} samples/s; "
           f"TWIN + concat training {measured['twin_train_samples_per_s']:,.0f} samples/s")
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=2))
