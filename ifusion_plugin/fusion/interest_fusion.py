@@ -158,6 +158,9 @@ class InterestFusion(FusionLayer):
         task_noise: ``"full"`` draws ``t1`` from all ``T`` steps (Algorithm 1); ``"serving"``
             from ``[0, t_start)``, the noise levels evaluation starts from, so the CTR loss
             trains the head on outputs like the served ones (``t2`` keeps the full range).
+            Not safe with ``consistency_weight > 0``: on MovieLens-1M with DIN, SIM and TWIN
+            the consistency loss grew without bound (to 1e6-1e18) and the model fell to AUC
+            0.5 (BENCHMARKS.md, "iFusion variants").
         long_condition: also feed the projected ``h_long`` to the denoiser as a condition.
         p_drop_long: training fraction of rows whose ``h_long`` is replaced by the prior.
         concat_skip: ``fused = ConcatFusion(h_long, h_sessions) + gate * x0_hat`` with a learned
