@@ -265,6 +265,14 @@ def test_task_noise_serving_needs_t_start():
         make(task_noise="serving")
 
 
+def test_task_noise_serving_with_consistency_warns_of_divergence():
+    with pytest.warns(UserWarning, match="diverged on MovieLens-1M"):
+        make(t_start=3, task_noise="serving", num_train_steps=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(t_start=3, task_noise="serving", num_train_steps=20, consistency_weight=0.0)
+
+
 def test_evolution_skips_rows_with_fewer_than_two_sessions():
     pred, target = torch.randn(3, 4), torch.randn(3, 4)
     valid = torch.tensor([True, False, False])
