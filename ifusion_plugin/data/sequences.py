@@ -201,9 +201,9 @@ def split_histories(
     """:func:`split_history` of many rows at once, without a Python loop per row.
 
     For ``session_split="chunk"`` with every behaviour allowed in both parts (no ``in_long`` /
-    ``in_sessions``): each position's place in the output follows from its distance to the end
-    of its row, so the whole batch is one scatter per array. Equal to :func:`split_history`
-    row by row (a test compares them).
+    ``in_sessions``): both parts are contiguous runs of each row (:func:`chunk_ranges`), so
+    the whole batch is one gather per array. Equal to :func:`split_history` row by row (a test
+    compares them).
 
     Args:
         items, cates: int arrays of shape ``(T,)``, every row's history concatenated (oldest
@@ -223,46 +223,33 @@ def split_histories(
     if options.session_split != "chunk":
         raise ValueError(f"split_histories handles session_split='chunk', got {options.session_split!r}")
     offsets = np.asarray(offsets, dtype=np.int64)
-    rows = len(offsets) - 1
     lengths = np.diff(offsets)
-    num_sessions, session_len, long_len = options.num_sessions, options.session_len, options.long_len
-    out = {
-        "long_items": np.full((rows, long_len), PAD_ID, dtype=np.int64),
-        "long_cates": np.full((rows, long_len), PAD_ID, dtype=np.int64),
-        "session_items": np.full((rows, num_sessions, session_len), PAD_ID, dtype=np.int64),
-        "session_cates": np.full((rows, num_sessions, session_len), PAD_ID, dtype=np.int64),
-    }
+    # The parts are contiguous runs of each row (chunk_ranges), right-aligned into the padding.
+    long_begin, long_end, short_begin = chunk_ranges(lengths, options)
+    flat = {"items": items, "cates": cates, **({"behaviors": behaviors} if behaviors is not None else {})}
+    long_parts = {name: _right_aligned(values, offsets[:-1] + long_begin, long_end - long_begin, options.long_len)
+                  for name, values in flat.items() if name != "behaviors"}
+    width = options.num_sessions * options.session_len
+    shape = (len(lengths), options.num_sessions, options.session_len)
+    session_parts = {name: _right_aligned(values, offsets[:-1] + short_begin, lengths - short_begin, width).reshape(shape)
+                     for name, values in flat.items()}
+    out = {"long_items": long_parts["items"], "long_cates": long_parts["cates"],
+           "session_items": session_parts["items"], "session_cates": session_parts["cates"]}
     if behaviors is not None:
-        out["session_behaviors"] = np.full((rows, num_sessions, session_len), PAD_ID, dtype=np.int64)
-    total = int(offsets[-1] - offsets[0]) if rows else 0
-    if total == 0:
-        return out
-    row = np.repeat(np.arange(rows), lengths)
-    position = np.arange(total) - (offsets[:-1] - offsets[0])[row]  # index within its row
-    from_end = lengths[row] - 1 - position  # 0 for a row's latest behaviour
-    short = np.minimum(lengths, num_sessions * session_len)  # behaviours in the sessions, per row
-    flat = {"items": np.asarray(items, dtype=np.int64)[offsets[0]:offsets[-1]],
-            "cates": np.asarray(cates, dtype=np.int64)[offsets[0]:offsets[-1]]}
-    if behaviors is not None:
-        flat["behaviors"] = np.asarray(behaviors, dtype=np.int64)[offsets[0]:offsets[-1]]
-
-    in_sessions = from_end < short[row]
-    session_from_end, within_from_end = np.divmod(from_end[in_sessions], session_len)
-    target = (row[in_sessions], num_sessions - 1 - session_from_end, session_len - 1 - within_from_end)
-    out["session_items"][target] = flat["items"][in_sessions]
-    out["session_cates"][target] = flat["cates"][in_sessions]
-    if behaviors is not None:
-        out["session_behaviors"][target] = flat["behaviors"][in_sessions]
-
-    # The long part ends where the sessions begin (or at the row's end when it may overlap them).
-    long_end = lengths if options.long_includes_short else lengths - short
-    before_end = long_end[row] - position  # 1 for the last behaviour of the long part
-    in_long = (before_end >= 1) & (before_end <= long_len)
-    target = (row[in_long], long_len - before_end[in_long])
-    out["long_items"][target] = flat["items"][in_long]
-    out["long_cates"][target] = flat["cates"][in_long]
+        out["session_behaviors"] = session_parts["behaviors"]
     return out
 
+
+def _right_aligned(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
+    """``(R, width)`` int64: row ``r`` holds ``values[starts[r]:starts[r] + counts[r]]`` at its end,
+    :data:`~ifusion_plugin.batch.PAD_ID` before it (``counts <= width``)."""
+    values = np.asarray(values, dtype=np.int64)
+    column = np.arange(width)
+    present = column[None, :] >= (width - counts)[:, None]
+    index = starts[:, None] + column[None, :] - (width - counts)[:, None]
+    if not len(values):
+        return np.full((len(starts), width), PAD_ID, dtype=np.int64)
+    return np.where(present, values[np.clip(index, 0, len(values) - 1)], PAD_ID)
 
 def chunk_ranges(lengths: np.ndarray, options: SequenceOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each row's parts lie in its history, for ``session_split="chunk"`` with every
