@@ -32,12 +32,14 @@ def perturbed(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> tor
     return module.eval()
 
 
+@pytest.mark.parametrize("fusion_long", ["host", "mean"])
 @pytest.mark.parametrize("pooling", ["mean", "target"])
 @pytest.mark.parametrize("fusion", sorted(FUSIONS))
 @pytest.mark.parametrize("host_class", [AvgPoolDNN, DIN, SIM, TWIN], ids=lambda c: c.__name__)
-def test_request_form_equals_the_row_form(host_class, fusion: str, pooling: str) -> None:
+def test_request_form_equals_the_row_form(host_class, fusion: str, pooling: str, fusion_long: str) -> None:
     torch.manual_seed(0)
-    host = perturbed(host_class(SPEC, embed_dim=8, fusion=FUSIONS[fusion], session_pooling=pooling, head_dims=(16,)))
+    host = perturbed(host_class(SPEC, embed_dim=8, fusion=FUSIONS[fusion], session_pooling=pooling, head_dims=(16,),
+                                fusion_long=fusion_long, head_sees_long=fusion_long == "mean"))
     request = RequestServingModel(host, SPEC)
     inputs = request.example_inputs(9, seed=3)
     with torch.no_grad():
@@ -95,6 +97,21 @@ def test_request_form_encodes_the_user_side_once() -> None:
     with torch.no_grad():
         request(*request.example_inputs(40))
     assert batches == {"sessions": [1], "guidance": [1], "long": [1]}
+
+
+@pytest.mark.parametrize("host_class", [DIN, SIM, TWIN], ids=lambda c: c.__name__)
+def test_user_level_fusion_runs_once_per_request(host_class) -> None:
+    """With ``fusion_long="mean"`` (and mean-pooled sessions) nothing the fusion layer reads
+    depends on the candidate: iFusion's chain runs on one row, whatever the candidate count."""
+    host = perturbed(host_class(SPEC, embed_dim=8, fusion=FUSIONS["ifusion"], head_dims=(16,), fusion_long="mean",
+                                head_sees_long=True))
+    request = RequestServingModel(host, SPEC)
+    rows: list[int] = []
+    fuse_prepared = host.fusion.fuse_prepared
+    host.fusion.fuse_prepared = lambda h_long, *a, **k: rows.append(h_long.shape[0]) or fuse_prepared(h_long, *a, **k)  # type: ignore[method-assign]
+    with torch.no_grad():
+        scored = request(*request.example_inputs(40))
+    assert rows == [1] and scored.shape == (40,) and scored.std() > 1e-3
 
 
 def test_request_program_has_a_dynamic_number_of_candidates(tmp_path) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor
 
 from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
-from .base import CTRHost
+from .base import CTRHost, FusionLong
 from .layers import LinearInit, SessionPooling
 
 __all__ = ["AvgPoolDNN"]
@@ -23,8 +22,8 @@ class AvgPoolDNN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
-        :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init,
+        fusion_long: see :class:`~ifusion_plugin.hosts.CTRHost`.
 
     Example:
         >>> from ifusion_plugin.batch import FeatureSpec
@@ -48,6 +47,7 @@ class AvgPoolDNN(CTRHost):
         session_positions: bool = True,
         embedding_std: float = 0.01,
         linear_init: LinearInit = "torch",
+        fusion_long: FusionLong = "host",
     ) -> None:
         super().__init__(
             spec,
@@ -64,18 +64,13 @@ class AvgPoolDNN(CTRHost):
             session_positions=session_positions,
             embedding_std=embedding_std,
             linear_init=linear_init,
+            fusion_long=fusion_long,
         )
         self._build_fusion_and_head(self.item_dim)
 
     def encode_long(self, batch: CTRBatch) -> Tensor:
         """Masked mean of the long sequence, tensor of shape ``(B, 2 * embed_dim)``."""
-        mask = batch.long_mask
-        # Weighted by the mask, not relying on padding_idx alone: presence is decided by the
-        # item id, and a padded position may still carry a non-zero category id.
-        weights = mask.unsqueeze(1).to(self.item_embedding.weight.dtype)  # (B, 1, L)
-        total = torch.bmm(weights, self.embed_long(batch)).squeeze(1)
-        count = weights.sum(dim=-1).clamp_min(1.0)
-        return total / count
+        return self.mean_long(batch)
 
     LONG_READS_CANDIDATE = False
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,11 @@ from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory, FusionLayer
 from .layers import MLP, LinearInit, SessionEncoder, SessionPooling, _check_dropout, _check_dims, _check_positive_int
 
-__all__ = ["HostOutput", "CTRHost"]
+__all__ = ["HostOutput", "CTRHost", "FusionLong"]
+
+#: What the fusion slot receives as ``h_long``: the host's long-term interest, or the user-level
+#: mean of the long sequence (see :class:`CTRHost`).
+FusionLong = Literal["host", "mean"]
 
 
 @dataclass
@@ -49,7 +53,8 @@ class CTRHost(nn.Module):
       its type (width ``2 * embed_dim``);
     - the short-term :class:`SessionEncoder` giving ``h_sessions`` of shape
       ``(B, K, 2 * embed_dim)``;
-    - the fusion slot, built as ``fusion(long_dim, session_dim)``;
+    - the fusion slot, built as ``fusion(long_dim, session_dim)`` (``2 * embed_dim`` in place
+      of ``long_dim`` with ``fusion_long="mean"``);
     - the head, an MLP over ``[fused, target item, target cate, user, context...]``, plus
       ``h_long`` when ``head_sees_long`` (for the trap of docs/hosts.md: a fusion layer that can
       drop the long-term interest is then compared with the head still seeing it; turn it on
@@ -82,6 +87,18 @@ class CTRHost(nn.Module):
         session_pooling: ``"mean"`` (default) or ``"target"``: how the session encoder pools a
             session's behaviours (see :class:`~ifusion_plugin.hosts.layers.SessionEncoder`);
             ``"target"`` and ``"attention"`` make every session vector candidate-aware.
+        fusion_long: what the fusion slot fuses with the sessions. ``"host"`` (default): the
+            host's long-term interest ``h_long`` (for DIN, SIM and TWIN target attention, so it
+            changes with the candidate). ``"mean"``: the user-level masked mean of the long
+            sequence's features (width ``2 * embed_dim``, AvgPoolDNN's ``h_long``), and the
+            host's ``h_long`` reaches the head beside ``fused`` (``head_sees_long`` must then be
+            true on a host whose ``h_long`` reads the candidate, or its long-term encoder would be
+            unused). With mean-pooled sessions every input of the fusion layer is then the user's
+            alone, so the request form fuses once per request, not once per candidate.
+
+    Raises:
+        ValueError: an option out of its range, or ``fusion_long="mean"`` without
+            ``head_sees_long`` on a candidate-aware host.
 
     Call arguments (``forward``):
         batch: a :class:`~ifusion_plugin.batch.CTRBatch` whose shapes match ``spec``
@@ -108,6 +125,7 @@ class CTRHost(nn.Module):
         session_positions: bool = True,
         embedding_std: float = 0.01,
         linear_init: LinearInit = "torch",
+        fusion_long: FusionLong = "host",
     ) -> None:
         super().__init__()
         if not isinstance(spec, FeatureSpec):
@@ -120,6 +138,14 @@ class CTRHost(nn.Module):
         if linear_init not in ("torch", "xavier"):
             raise ValueError(f"linear_init must be 'torch' or 'xavier', got {linear_init!r}")
         self._linear_init = linear_init
+        if fusion_long not in ("host", "mean"):
+            raise ValueError(f"fusion_long must be 'host' or 'mean', got {fusion_long!r}")
+        if fusion_long == "mean" and self.LONG_READS_CANDIDATE and not head_sees_long:
+            raise ValueError(
+                f"fusion_long='mean' feeds the fusion layer the mean of the long sequence; {type(self).__name__}'s own "
+                "long-term interest then reaches the model only through the head: set head_sees_long=true"
+            )
+        self.fusion_long = fusion_long
         if not float(embedding_std) > 0:
             raise ValueError(f"embedding_std must be positive, got {embedding_std!r}")
         self.spec = spec
@@ -164,7 +190,7 @@ class CTRHost(nn.Module):
         """Build the fusion layer and the head once the subclass knows ``long_dim``."""
         _check_positive_int("long_dim", long_dim)
         self.long_dim = long_dim
-        fusion_layer = self._fusion_factory(long_dim, self.session_dim)
+        fusion_layer = self._fusion_factory(self.fusion_long_dim, self.session_dim)
         if not isinstance(fusion_layer, FusionLayer):
             raise ValueError(
                 f"fusion must build a FusionLayer from (long_dim, session_dim), got {type(fusion_layer).__name__}"
@@ -185,6 +211,12 @@ class CTRHost(nn.Module):
                     nn.init.xavier_normal_(module.weight)
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
+
+    @property
+    def fusion_long_dim(self) -> int:
+        """Width of the fusion layer's ``h_long`` input: ``long_dim``, or ``2 * embed_dim`` with
+        ``fusion_long="mean"``."""
+        return self.item_dim if self.fusion_long == "mean" else self.long_dim
 
     # ----------------------------------------------------------------- embedding helpers
     def embed_items(self, items: Tensor, cates: Tensor) -> Tensor:
@@ -218,6 +250,23 @@ class CTRHost(nn.Module):
             target = self.embed_target(batch)
         return self.session_encoder(behaviours, batch.session_item_mask, target)
 
+    def mean_long(self, batch: CTRBatch) -> Tensor:
+        """Masked mean of the long sequence's features, tensor of shape ``(B, 2 * embed_dim)``
+        (zeros for rows without history)."""
+        # Weighted by the mask, not relying on padding_idx alone: presence is decided by the
+        # item id, and a padded position may still carry a non-zero category id.
+        weights = batch.long_mask.unsqueeze(1).to(self.item_embedding.weight.dtype)  # (B, 1, L)
+        total = torch.bmm(weights, self.embed_long(batch)).squeeze(1)
+        return total / weights.sum(dim=-1).clamp_min(1.0)
+
+    def fusion_input(self, batch: CTRBatch, h_long: Tensor) -> Tensor:
+        """What the fusion slot receives as ``h_long``: ``h_long`` itself (``fusion_long="host"``)
+        or :meth:`mean_long`; shape ``(B, fusion_long_dim)``."""
+        if self.fusion_long == "host" or not self.LONG_READS_CANDIDATE:
+            # A host whose h_long is the mean already (AvgPoolDNN) is not averaged twice.
+            return h_long
+        return self.mean_long(batch)
+
     @abstractmethod
     def encode_long(self, batch: CTRBatch) -> Tensor:
         """The long-term interest ``h_long``, tensor of shape ``(B, long_dim)``.
@@ -231,7 +280,9 @@ class CTRHost(nn.Module):
         target = self.embed_target(batch)
         h_long = self.encode_long(batch)
         h_sessions = self.encode_sessions(batch, target)
-        fusion_output = self.fusion(h_long, h_sessions, session_mask=batch.session_mask, long_mask=batch.has_long)
+        fusion_output = self.fusion(
+            self.fusion_input(batch, h_long), h_sessions, session_mask=batch.session_mask, long_mask=batch.has_long
+        )
         logits = self._head_logits(fusion_output.fused, target, self._user_features(batch), h_long)
         return HostOutput(logits=logits, losses=dict(fusion_output.losses))
 
@@ -278,7 +329,9 @@ class CTRHost(nn.Module):
         With ``session_pooling="mean"`` the sessions, the fusion layer's session work
         (:meth:`~ifusion_plugin.fusion.contract.FusionLayer.prepare_sessions`) and the user and
         context embeddings are computed once; per candidate remain its embedding, ``h_long``
-        (:meth:`encode_long_request`), the fusion layer's ``h_long`` part and the head. With a
+        (:meth:`encode_long_request`), the fusion layer's ``h_long`` part and the head (the
+        fusion layer runs once when its ``h_long`` is the user's alone: ``fusion_long="mean"``
+        or AvgPoolDNN). With a
         candidate-aware pooling the sessions are encoded per candidate and only the embeddings
         of the user and context are shared.
 
@@ -311,14 +364,18 @@ class CTRHost(nn.Module):
         target = self.embed_items(target_item, target_cate)
         h_long = self.encode_long_request(user, candidates, target)
         long_mask = candidates.has_long
+        # The fusion layer's h_long is the user's alone with fusion_long="mean" or a host whose
+        # h_long does not read the candidate.
+        user_level = self.fusion_long == "mean" or not self.LONG_READS_CANDIDATE
+        fusion_long = self.fusion_input(user, h_long[:1]).expand(count, -1) if user_level else h_long
         if self.session_encoder.pooling == "mean":
             prepared = self.fusion.prepare_sessions(self.encode_sessions(user), user.session_mask)
-            if self.LONG_READS_CANDIDATE:
+            if user_level:  # nothing the fusion layer reads depends on the candidate: fuse once
+                fused = self.fusion.fuse_prepared(fusion_long[:1], prepared, long_mask[:1]).expand(count, -1)
+            else:
                 fused = self.fusion.fuse_prepared(h_long, prepared, long_mask)
-            else:  # nothing the fusion layer reads depends on the candidate: fuse once
-                fused = self.fusion.fuse_prepared(h_long[:1], prepared, long_mask[:1]).expand(count, -1)
         else:
             h_sessions = self.encode_sessions(candidates, target)
-            fused = self.fusion(h_long, h_sessions, session_mask=candidates.session_mask, long_mask=long_mask).fused
+            fused = self.fusion(fusion_long, h_sessions, session_mask=candidates.session_mask, long_mask=long_mask).fused
         user_features = self._user_features(user)
         return self._head_logits(fused, target, user_features.expand(count, -1), h_long)

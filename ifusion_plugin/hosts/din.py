@@ -9,7 +9,7 @@ from torch import Tensor
 from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
-from .base import CTRHost
+from .base import CTRHost, FusionLong
 from .layers import LinearInit, SessionPooling, Activation, ActivationUnitAttention
 
 __all__ = ["DIN"]
@@ -25,8 +25,8 @@ class DIN(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
-        :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init,
+        fusion_long: see :class:`~ifusion_plugin.hosts.CTRHost`.
         attention_hidden_dims: hidden widths of the activation unit (DIN and FuxiCTR: ``(64,)``).
         attention_activation: ``"prelu"`` (default), ``"relu"`` or ``"sigmoid"``.
         attention_softmax: normalise the activation-unit scores with a softmax (DIN does not).
@@ -49,6 +49,7 @@ class DIN(CTRHost):
         session_positions: bool = True,
         embedding_std: float = 0.01,
         linear_init: LinearInit = "torch",
+        fusion_long: FusionLong = "host",
         attention_hidden_dims: Sequence[int] = (64,),
         attention_activation: Activation = "prelu",
         attention_softmax: bool = False,
@@ -68,6 +69,7 @@ class DIN(CTRHost):
             session_positions=session_positions,
             embedding_std=embedding_std,
             linear_init=linear_init,
+            fusion_long=fusion_long,
         )
         self.attention = ActivationUnitAttention(
             self.item_dim, attention_hidden_dims, activation=attention_activation, use_softmax=attention_softmax

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..batch import CTRBatch, FeatureSpec
 from ..fusion.baselines import ConcatFusion
 from ..fusion.contract import FusionFactory
-from .base import CTRHost
+from .base import CTRHost, FusionLong
 from .layers import LinearInit, SessionPooling, MultiHeadTargetAttention, _check_positive_int, masked_topk
 
 __all__ = ["SIM"]
@@ -40,8 +40,8 @@ class SIM(CTRHost):
 
     Args:
         spec, embed_dim, fusion, head_dims, head_dropout, head_sees_long, session_heads,
-        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init: see
-        :class:`~ifusion_plugin.hosts.CTRHost`.
+        session_feedforward_dim, session_dropout, session_layers, session_pooling, session_positions, embedding_std, linear_init,
+        fusion_long: see :class:`~ifusion_plugin.hosts.CTRHost`.
         search: ``"soft"`` (default) or ``"hard"``.
         top_k: behaviours kept by the GSU (positive; default 50).
         attention_dim: total width of the ESU projections (default 64).
@@ -71,6 +71,7 @@ class SIM(CTRHost):
         session_positions: bool = True,
         embedding_std: float = 0.01,
         linear_init: LinearInit = "torch",
+        fusion_long: FusionLong = "host",
         search: SearchMode = "soft",
         top_k: int = 50,
         attention_dim: int = 64,
@@ -96,6 +97,7 @@ class SIM(CTRHost):
             session_positions=session_positions,
             embedding_std=embedding_std,
             linear_init=linear_init,
+            fusion_long=fusion_long,
         )
         self.search = search
         self.top_k = top_k

@@ -430,6 +430,37 @@ def test_every_host_feeds_its_fusion_slot_the_contract_shapes(host_name: str) ->
         assert not torch.allclose(host(batch).logits, logits)
 
 
+@pytest.mark.parametrize("host_name", ["DIN", "SIM-soft", "SIM-hard", "TWIN"])
+def test_fusion_long_mean_fuses_the_user_level_mean_and_heads_the_host_interest(host_name: str) -> None:
+    """``fusion_long="mean"``: the fusion slot is built for and fed the masked mean of the long
+    sequence; the host's own (target-aware) h_long reaches the head."""
+    host = HOSTS[host_name](SPEC, fusion=_RecordingConcat, fusion_long="mean", head_sees_long=True).eval()
+    assert host.fusion.built_with == (host.item_dim, host.session_dim) and host.fusion_long_dim == host.item_dim
+    assert host.head.net[0].in_features == 8 + host.item_dim + host.embed_dim + host.long_dim
+    batch = make_batch()
+    seen = {}
+    forward = host.fusion.forward
+    host.fusion.forward = lambda h_long, *a, **k: seen.setdefault("h_long", h_long) is None or forward(h_long, *a, **k)  # type: ignore[method-assign]
+    with torch.no_grad():
+        logits = host(batch).logits
+        features = host.embed_long(batch)
+    mask = batch.long_mask.unsqueeze(-1).float()
+    expected = (features * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    torch.testing.assert_close(seen["h_long"], expected)
+    assert torch.equal(seen["h_long"][0], torch.zeros(host.item_dim))  # row 0 has no history
+    assert logits.shape == (batch.user.shape[0],) and torch.isfinite(logits).all()
+
+
+def test_fusion_long_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="fusion_long must be 'host' or 'mean', got 'max'"):
+        TWIN(SPEC, fusion_long="max")
+    with pytest.raises(ValueError, match="TWIN's own long-term interest .* set head_sees_long=true"):
+        TWIN(SPEC, fusion_long="mean")
+    # AvgPoolDNN's h_long is the mean: the option changes nothing and needs nothing.
+    host = AvgPoolDNN(SPEC, **SMALL, fusion=_RecordingConcat, fusion_long="mean")
+    assert host.fusion.built_with == (host.item_dim, host.session_dim)
+
+
 @pytest.mark.parametrize("output_projection", [False, True])
 def test_target_attention_without_bias_matches_its_textbook_form(output_projection: bool) -> None:
     torch.manual_seed(0)
