@@ -50,10 +50,20 @@ QUICK_SPEC = FeatureSpec(num_users=50, num_items=80, num_cates=8, long_len=12, n
 
 @dataclass(frozen=True)
 class Variant:
-    """One fusion setting: ``name`` in the tables, ``fusion`` the factory given to the host."""
+    """One fusion setting: ``name`` in the tables, ``fusion`` the factory given to the host,
+    ``host_options`` further host arguments."""
 
     name: str
     fusion: Callable[..., nn.Module]
+    host_options: tuple[tuple[str, object], ...] = ()
+
+
+#: The fusion slot fed the user-level mean of the long sequence, the host's h_long to the head
+#: (``CTRHost(fusion_long="mean")``): the request form then fuses once per request.
+USER_LEVEL = (("fusion_long", "mean"), ("head_sees_long", True))
+#: The variants of the request-form table (the rows form of each is timed beside it).
+REQUEST_VARIANTS = ("concat", "gate", "iFusion S=1", "iFusion S=1 h64", "concat, fusion_long=mean",
+                    "iFusion S=1, fusion_long=mean")
 
 
 def variants(sampling_steps: list[int]) -> list[Variant]:
@@ -61,13 +71,18 @@ def variants(sampling_steps: list[int]) -> list[Variant]:
     out += [Variant(f"iFusion S={s}", functools.partial(InterestFusion, sampling_steps=s)) for s in sampling_steps]
     # The cheaper setting measured in BENCHMARKS.md: hidden widths 64 instead of 128.
     out.append(Variant("iFusion S=1 h64", functools.partial(InterestFusion, denoiser_hidden_dim=64, guidance_hidden_dim=64)))
+    out.append(Variant("concat, fusion_long=mean", ConcatFusion, USER_LEVEL))
+    out.append(Variant("iFusion S=1, fusion_long=mean", functools.partial(InterestFusion, sampling_steps=1), USER_LEVEL))
     return out
 
 
 def build_host(host: str, variant: Variant, spec: FeatureSpec, quick: bool) -> nn.Module:
     torch.manual_seed(0)
     sizes = dict(embed_dim=8, head_dims=(16,)) if quick else {}
-    return HOSTS[host](spec, fusion=variant.fusion, **sizes)
+    options = dict(variant.host_options)
+    if host == "AvgPoolDNN":  # its h_long is the mean already: the option changes nothing
+        options.pop("head_sees_long", None)
+    return HOSTS[host](spec, fusion=variant.fusion, **sizes, **options)
 
 
 def random_batch(spec: FeatureSpec, batch_size: int, seed: int = 0) -> CTRBatch:
@@ -123,6 +138,8 @@ def fusion_flops(host: nn.Module, spec: FeatureSpec, rows: int, candidates: int)
 
     fusion = host.fusion.eval()
     h_long, h_sessions = torch.randn(rows, fusion.long_dim), torch.randn(rows, spec.num_sessions, fusion.session_dim)
+    # The request form fuses once per request when the fusion layer's h_long is the user's alone.
+    fused_rows = 1 if host.fusion_long == "mean" or not host.LONG_READS_CANDIDATE else candidates
 
     def count(call: Callable[[], object]) -> int:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -134,7 +151,8 @@ def fusion_flops(host: nn.Module, spec: FeatureSpec, rows: int, candidates: int)
     row_inputs = row_model.example_inputs(rows)
     return {
         "fusion_row": count(lambda: fusion(h_long, h_sessions)) / rows,
-        "fusion_request": count(lambda: fusion.fuse_prepared(h_long[:candidates], fusion.prepare_sessions(h_sessions[:1]))) / candidates,
+        # The per-request session work included, shared by the candidates.
+        "fusion_request": count(lambda: fusion.fuse_prepared(h_long[:fused_rows], fusion.prepare_sessions(h_sessions[:1]))) / candidates,
         "model_row": count(lambda: row_model(*row_inputs)) / rows,
         "model_request": count(lambda: request_model(*request_inputs)) / candidates,
     }
@@ -146,8 +164,8 @@ def request_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[str,
     concat in the same form, and FLOPs per sample."""
     from ifusion_plugin.serving import RequestServingModel, ServingModel
 
-    hosts = {v.name: build_host(args.host, v, spec, args.quick).eval() for v in variants(args.sampling_steps)[:2] + [
-        v for v in variants(args.sampling_steps) if v.name in ("iFusion S=1", "iFusion S=1 h64")]}
+    hosts = {v.name: build_host(args.host, v, spec, args.quick).eval() for v in variants(args.sampling_steps)
+             if v.name in REQUEST_VARIANTS}
     requests = {name: RequestServingModel(host, spec) for name, host in hosts.items()}
     rows_models = {name: ServingModel(host, spec) for name, host in hosts.items()}
     inputs = next(iter(requests.values())).example_inputs(args.candidates, seed=7)
@@ -200,7 +218,7 @@ def training_table(args: argparse.Namespace) -> list[dict[str, object]]:
                 "--sampling-steps", *map(str, args.sampling_steps)]
     if args.quick:
         settings = ["--quick", "--host", args.host, "--threads", str(args.threads)]
-    for name in ["concat", "gate", "iFusion S=1", "iFusion S=1 h64"]:
+    for name in ["concat", "gate", "iFusion S=1", "iFusion S=1 h64", "concat, fusion_long=mean", "iFusion S=1, fusion_long=mean"]:
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks.speed", *settings, "--train-one", name],
             capture_output=True, text=True, check=True,
