@@ -147,7 +147,7 @@ def swapped_long_change(task: CTRTask, batches: list[CTRBatch]) -> dict[str, flo
     totals = {"fused": [0.0, 0.0], "generated": [0.0, 0.0]}
     with torch.no_grad():
         for batch in batches:
-            h_long = task.host.encode_long(batch)
+            h_long = task.host.fusion_input(batch, task.host.encode_long(batch))  # what the fusion layer reads
             h_sessions = task.host.encode_sessions(batch)
             swapped = h_long.roll(1, dims=0)
             for name in totals:

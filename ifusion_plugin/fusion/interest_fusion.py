@@ -154,13 +154,15 @@ class InterestFusion(FusionLayer):
         evolution_weight, disentangle_weight, consistency_weight: weights of the auxiliary
             losses; 0 skips a loss entirely. The disentanglement loss needs ``dcfg``.
         disentangle_mode: ``"cosine"`` (squared cosine) or ``"inner_product"`` (paper's raw form).
+        consistency_mode: ``"mse"`` (eq. 15's squared distance) or ``"cosine"`` (``1 - cos``:
+            scale-free, so it cannot grow with the scale of the output it chases).
         task_step: ``"t1"`` or ``"mean"``, which training output is ``fused``.
         task_noise: ``"full"`` draws ``t1`` from all ``T`` steps (Algorithm 1); ``"serving"``
             from ``[0, t_start)``, the noise levels evaluation starts from, so the CTR loss
             trains the head on outputs like the served ones (``t2`` keeps the full range).
-            Not safe with ``consistency_weight > 0``: on MovieLens-1M with DIN, SIM and TWIN
-            the consistency loss grew without bound (to 1e6-1e18) and the model fell to AUC
-            0.5 (BENCHMARKS.md, "iFusion variants").
+            Not safe with ``consistency_weight > 0`` and ``consistency_mode="mse"``: on
+            MovieLens-1M with DIN, SIM and TWIN that loss grew without bound (to 1e6-1e18) and
+            the model fell to AUC 0.5 (BENCHMARKS.md, "iFusion variants").
         long_condition: also feed the projected ``h_long`` to the denoiser as a condition.
         p_drop_long: training fraction of rows whose ``h_long`` is replaced by the prior.
         concat_skip: ``fused = ConcatFusion(h_long, h_sessions) + gate * x0_hat`` with a learned
@@ -212,6 +214,7 @@ class InterestFusion(FusionLayer):
         disentangle_weight: float = 0.01,
         disentangle_mode: Literal["cosine", "inner_product"] = "cosine",
         consistency_weight: float = 0.1,
+        consistency_mode: Literal["mse", "cosine"] = "mse",
         task_step: Literal["t1", "mean"] = "t1",
         task_noise: Literal["full", "serving"] = "full",
         long_condition: bool = False,
@@ -227,12 +230,14 @@ class InterestFusion(FusionLayer):
         _choice("disentangle_mode", disentangle_mode, ("cosine", "inner_product"))
         _choice("task_step", task_step, ("t1", "mean"))
         _choice("task_noise", task_noise, ("full", "serving"))
+        _choice("consistency_mode", consistency_mode, ("mse", "cosine"))
         if task_noise == "serving" and t_start is None:
             raise ValueError("task_noise='serving' needs t_start (the served noise level), got t_start=None")
-        if task_noise == "serving" and consistency_weight > 0:
-            warnings.warn("task_noise='serving' with consistency_weight > 0 diverged on MovieLens-1M (the consistency "
-                          "loss grew without bound, AUC fell to 0.5 on 3 hosts of 4); set consistency_weight=0 or "
-                          "keep task_noise='full'", UserWarning, stacklevel=2)
+        if task_noise == "serving" and consistency_weight > 0 and consistency_mode == "mse":
+            warnings.warn("task_noise='serving' with consistency_weight > 0 diverged on MovieLens-1M (the mean squared "
+                          "consistency loss grew without bound, AUC fell to 0.5 on 3 hosts of 4); set "
+                          "consistency_mode='cosine' or consistency_weight=0, or keep task_noise='full'",
+                          UserWarning, stacklevel=2)
         _positive_int("num_train_steps", num_train_steps)
         _positive_int("sampling_steps", sampling_steps)
         _positive_int("denoiser_hidden_dim", denoiser_hidden_dim)
@@ -288,6 +293,7 @@ class InterestFusion(FusionLayer):
         self.disentangle_weight = float(disentangle_weight)
         self.disentangle_mode = disentangle_mode
         self.consistency_weight = float(consistency_weight)
+        self.consistency_mode = consistency_mode
         self.task_step = task_step
         self.task_noise = task_noise
         self.long_condition = long_condition
@@ -606,7 +612,7 @@ class InterestFusion(FusionLayer):
             # The t1 output is the target (detached): it is what the CE loss trains, and pulling
             # it towards the t2 output too lets both collapse to a constant (measured on
             # examples/replace_concat.py: test AUC 0.51 against 0.69 without the loss).
-            losses["consistency"] = self.consistency_weight * consistency_loss(out_t2, out_t1.detach())
+            losses["consistency"] = self.consistency_weight * consistency_loss(out_t2, out_t1.detach(), self.consistency_mode)
         return FusionOutput(fused=fused, losses=losses)
 
     def _sample(self, x0: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> Tensor:

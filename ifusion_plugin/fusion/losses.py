@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["evolution_loss", "disentangle_loss", "consistency_loss", "last_present_index", "DisentangleMode"]
+__all__ = ["evolution_loss", "disentangle_loss", "consistency_loss", "last_present_index", "DisentangleMode", "ConsistencyMode"]
 
 DisentangleMode = Literal["cosine", "inner_product"]
+ConsistencyMode = Literal["mse", "cosine"]
 
 
 def last_present_index(mask: Tensor) -> Tensor:
@@ -59,9 +60,16 @@ def disentangle_loss(g_cp: Tensor, g_tf: Tensor, mask: Tensor, mode: Disentangle
     return (per_session * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def consistency_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Mean squared distance ``||output - target||^2 / D`` over rows (eq. 15); inputs (B, D).
+def consistency_loss(output: Tensor, target: Tensor, mode: ConsistencyMode = "mse") -> Tensor:
+    """Distance of ``output`` to ``target`` averaged over rows (eq. 15); inputs (B, D).
+
+    ``"mse"``: ``||output - target||^2 / D``, the paper's form; nothing bounds it when the
+    target's scale grows. ``"cosine"``: ``1 - cos(output, target)``, scale-free, in ``[0, 2]``.
 
     :class:`InterestFusion` passes the t2 output and the detached t1 (task) output.
     """
-    return (output - target).pow(2).mean()
+    if mode == "mse":
+        return (output - target).pow(2).mean()
+    if mode == "cosine":
+        return (1.0 - F.cosine_similarity(output, target, dim=-1)).mean()
+    raise ValueError(f"consistency_mode must be 'mse' or 'cosine', got {mode!r}")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import ifusion_plugin.fusion.interest_fusion as interest_module
 from ifusion_plugin.fusion import InterestFusion
-from ifusion_plugin.fusion.losses import disentangle_loss, evolution_loss, last_present_index
+from ifusion_plugin.fusion.losses import consistency_loss, disentangle_loss, evolution_loss, last_present_index
 from ifusion_plugin.fusion.schedule import respaced_steps
 
 LONG, SESS, FUSE = 7, 5, 8
@@ -271,6 +271,26 @@ def test_task_noise_serving_with_consistency_warns_of_divergence():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make(t_start=3, task_noise="serving", num_train_steps=20, consistency_weight=0.0)
+        make(t_start=3, task_noise="serving", num_train_steps=20, consistency_mode="cosine")
+
+
+def test_cosine_consistency_is_scale_free_and_mse_is_not():
+    output, target = torch.randn(5, 8), torch.randn(5, 8)
+    want = (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
+    torch.testing.assert_close(consistency_loss(output, target, "cosine"), want)
+    # Scaling the target (what the diverged runs did) leaves the cosine form unchanged.
+    torch.testing.assert_close(consistency_loss(output, 1e6 * target, "cosine"), want)
+    torch.testing.assert_close(consistency_loss(output, target), (output - target).pow(2).mean())
+    assert consistency_loss(output, 1e3 * target) > 1e5
+    with pytest.raises(ValueError, match="consistency_mode must be 'mse' or 'cosine', got 'l1'"):
+        consistency_loss(output, target, "l1")  # type: ignore[arg-type]
+
+
+def test_consistency_mode_reaches_the_loss(monkeypatch):
+    seen = []
+    monkeypatch.setattr(interest_module, "consistency_loss", lambda o, t, mode: seen.append(mode) or (o - t).pow(2).mean())
+    make(consistency_mode="cosine").train()(*inputs())
+    assert seen == ["cosine"]
 
 
 def test_evolution_skips_rows_with_fewer_than_two_sessions():
@@ -403,6 +423,7 @@ def test_export_parity(kwargs):
         (dict(disentangle_mode="l1"), "disentangle_mode must be one of"),
         (dict(task_step="t2"), "task_step must be one of"),
         (dict(task_noise="low"), "task_noise must be one of"),
+        (dict(consistency_mode="l2"), "consistency_mode must be one of"),
         (dict(num_train_steps=0), "num_train_steps must be a positive int"),
         (dict(sampling_steps=0), "sampling_steps must be a positive int"),
         (dict(sampling_steps=21), "sampling_steps must be at most 20"),
@@ -426,7 +447,7 @@ def test_bad_options(kwargs, message):
 def test_consistency_targets_detached_t1_output(monkeypatch):
     seen = {}
 
-    def capture(output, target):
+    def capture(output, target, mode):
         seen["output_grad"], seen["target_grad"] = output.requires_grad, target.requires_grad
         return (output - target).pow(2).mean()
 
