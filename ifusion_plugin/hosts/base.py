@@ -331,9 +331,8 @@ class CTRHost(nn.Module):
         context embeddings are computed once; per candidate remain its embedding, ``h_long``
         (:meth:`encode_long_request`), the fusion layer's ``h_long`` part and the head (the
         fusion layer runs once when its ``h_long`` is the user's alone: ``fusion_long="mean"``
-        or AvgPoolDNN). With a
-        candidate-aware pooling the sessions are encoded per candidate and only the embeddings
-        of the user and context are shared.
+        or AvgPoolDNN). With a candidate-aware pooling the sessions are encoded per candidate
+        and only the embeddings of the user and context are shared.
 
         Args:
             user: a :class:`CTRBatch` of batch size 1: the user, the sequences and context (its
