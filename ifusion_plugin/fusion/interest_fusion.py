@@ -108,6 +108,8 @@ class InterestFusion(FusionLayer):
     ``"disentangle"``, ``"consistency"`` whose weight is positive (consistency pulls the t2
     output to the detached t1 output). With MARN the evolution prediction (conditioned on the
     sessions before the last one) is read from the task chain itself, not from a second pass.
+    The t2 pass runs only when something reads it (``consistency_weight > 0`` or
+    ``task_step="mean"``); without it training costs about half the denoiser work.
 
     Evaluation, Algorithm 2: start from the projected ``h_long`` at ``t = T`` (or from it
     noised to ``t_start``), then ``sampling_steps`` reverse steps of eq. 19 with the guided
@@ -578,7 +580,12 @@ class InterestFusion(FusionLayer):
             # t1 (the CE output) at the noise levels evaluation starts from: [0, t_start).
             t = torch.cat([torch.randint(0, self.t_start, (batch,), device=device), t[batch:]])
         noise = torch.randn(2 * batch, x0.shape[1], device=device, dtype=x0.dtype)
-        x_t = self.schedule.q_sample(x0.repeat(2, 1), t, noise)
+        # The t2 output feeds only the consistency loss and task_step="mean": without them the
+        # denoiser runs on the t1 half alone. Both halves are drawn either way, so the t1 half
+        # (and every later random draw) is the same as with t2.
+        steps = 2 if self.consistency_weight > 0 or self.task_step == "mean" else 1
+        t, noise = t[: steps * batch], noise[: steps * batch]
+        x_t = self.schedule.q_sample(x0.repeat(steps, 1), t, noise)
         last = last_present_index(mask)
         # MARN gives the evolution prediction from its own chain (no second pass).
         from_chain = self.evolution_weight > 0 and isinstance(self.denoiser, MARN)
@@ -586,13 +593,14 @@ class InterestFusion(FusionLayer):
         both, prefix = self._guided(
             x_t,
             t,
-            [(g.repeat(2, 1, 1), m.repeat(2, 1)) for g, m in branches],
-            None if cond is None else cond.repeat(2, 1),
+            [(g.repeat(steps, 1, 1), m.repeat(steps, 1)) for g, m in branches],
+            None if cond is None else cond.repeat(steps, 1),
             self.train_combination,
-            stop=last.repeat(2) if from_chain else None,
+            stop=last.repeat(steps) if from_chain else None,
         )
-        out_t1, out_t2 = both[:batch], both[batch:]
-        fused = out_t1 if self.task_step == "t1" else 0.5 * (out_t1 + out_t2)
+        out_t1 = both[:batch]
+        out_t2 = both[batch:] if steps == 2 else None
+        fused = out_t1 if out_t2 is None or self.task_step == "t1" else 0.5 * (out_t1 + out_t2)
 
         losses: dict[str, Tensor] = {}
         if self.evolution_weight > 0:
@@ -608,7 +616,7 @@ class InterestFusion(FusionLayer):
             losses["evolution"] = self.evolution_weight * evolution_loss(predicted, target, valid)
         if self.disentangle_weight > 0 and self.guidance == "dcfg":
             losses["disentangle"] = self.disentangle_weight * disentangle_loss(guidance[0], guidance[1], mask, self.disentangle_mode)
-        if self.consistency_weight > 0:
+        if out_t2 is not None and self.consistency_weight > 0:
             # The t1 output is the target (detached): it is what the CE loss trains, and pulling
             # it towards the t2 output too lets both collapse to a constant (measured on
             # examples/replace_concat.py: test AUC 0.51 against 0.69 without the loss).

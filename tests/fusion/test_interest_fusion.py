@@ -274,6 +274,29 @@ def test_task_noise_serving_with_consistency_warns_of_divergence():
         make(t_start=3, task_noise="serving", num_train_steps=20, consistency_mode="cosine")
 
 
+@pytest.mark.parametrize("denoiser", DENOISERS)
+def test_without_consistency_the_t2_pass_is_skipped_and_t1_is_unchanged(denoiser):
+    """consistency_weight=0 runs the denoiser on the t1 half alone; the output, the other
+    losses and every later random draw are those of the run that computes t2 too."""
+    h = inputs(b=5)
+    with_t2, without = make(denoiser=denoiser).train(), make(denoiser=denoiser, consistency_weight=0.0).train()
+    rows = []
+    guided = without._guided
+    without._guided = lambda x_t, *args, **kwargs: rows.append(x_t.shape[0]) or guided(x_t, *args, **kwargs)  # type: ignore[method-assign]
+    torch.manual_seed(4)
+    a = with_t2(*h)
+    after_a = torch.rand(3)
+    torch.manual_seed(4)
+    b = without(*h)
+    after_b = torch.rand(3)
+    torch.testing.assert_close(b.fused, a.fused, rtol=0, atol=1e-6)
+    assert set(b.losses) == set(a.losses) - {"consistency"}
+    for name in b.losses:
+        torch.testing.assert_close(b.losses[name], a.losses[name], rtol=0, atol=1e-6)
+    assert torch.equal(after_a, after_b)
+    assert rows and all(r == 5 for r in rows)  # x_t of the t1 half only (10 rows with t2)
+
+
 def test_cosine_consistency_is_scale_free_and_mse_is_not():
     output, target = torch.randn(5, 8), torch.randn(5, 8)
     want = (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
