@@ -94,11 +94,12 @@ def test_report_averages_runs_of_one_variant(tmp_path) -> None:
     rows = [{"model": "our twin + concat", "changes": ["fusion_identity"], "seed": seed, "threads": 1, "batch_size": 256,
              "commit": "abc", "val_auc": val, "test_auc": val - 0.01, "train_samples_per_s": 100.0}
             for seed, val in ((0, 0.70), (1, 0.72))]
+    rows[1]["commit"] = "def"  # a seed added by a later commit pools with the others
     rows.append({"model": "FuxiCTR TWIN re-implemented on our loader", "seed": 0, "commit": "old", "val_auc": 0.75,
                  "test_auc": 0.74, "train_samples_per_s": 50.0})
     (tmp_path / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     reference.main(["--report", "--out", str(tmp_path)])
     text = (tmp_path / "reference.md").read_text()
-    assert "| 256 | 1 | abc | 0, 1 | 0.7100 +- 0.0141 | 0.7000 +- 0.0141 | 100 |" in text
+    assert "| 256 | 1 | abc, def | 0, 1 | 0.7100 +- 0.0141 | 0.7000 +- 0.0141 | 100 |" in text
     # A row of an older script (no changes, threads or batch recorded) is its own line.
     assert "| none | 1024 | default | old | 0 | 0.7500 | 0.7400 | 50 |" in text
