@@ -174,12 +174,25 @@ def request_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[str,
     for name in hosts:
         runners[f"request {name}"] = lambda _, m=requests[name]: m(*inputs)
         runners[f"rows {name}"] = lambda _, m=rows_models[name]: m(*row_inputs)
+    onnx: dict[str, Callable[..., torch.Tensor]] = {}
+    if args.onnx:
+        onnx = onnx_requests({name: requests[name] for name in ONNX_VARIANTS if name in requests}, inputs)
+        for name, session in onnx.items():
+            runners[f"onnx {name}"] = lambda _, m=session: m(*inputs)
     medians = interleaved_latency(runners, None, args.repeats, args.warmup)  # type: ignore[arg-type]
     out = []
     for name, host in hosts.items():
         with torch.inference_mode():
             parity = (requests[name](*inputs) - rows_models[name](*row_inputs)).abs().max().item()
         flops = fusion_flops(host, spec, rows=args.candidates, candidates=args.candidates)
+        if name in onnx:
+            with torch.inference_mode():
+                onnx_parity = (onnx[name](*inputs) - rows_models[name](*row_inputs)).abs().max().item()
+            out.append({"form": "request, ONNX Runtime", "candidates": args.candidates, "fusion": name,
+                        "ms": medians[f"onnx {name}"] * 1e3, "vs_concat": medians[f"onnx {name}"] / medians["onnx concat"],
+                        "vs_rows_form": medians[f"onnx {name}"] / medians[f"rows {name}"],
+                        "fusion_flops_per_sample": flops["fusion_request"], "model_flops_per_sample": flops["model_request"],
+                        "max_abs_diff_vs_rows": onnx_parity})
         for form in ("request", "rows"):
             out.append({"form": form, "candidates": args.candidates, "fusion": name, "ms": medians[f"{form} {name}"] * 1e3,
                         "vs_concat": medians[f"{form} {name}"] / medians[f"{form} concat"],
@@ -188,6 +201,28 @@ def request_table(args: argparse.Namespace, spec: FeatureSpec) -> list[dict[str,
                         "model_flops_per_sample": flops["model_request" if form == "request" else "model_row"],
                         "max_abs_diff_vs_rows": parity})
     return out
+
+
+#: The request-form variants also timed as exported ONNX programs (``--onnx``; each export takes
+#: tens of seconds).
+ONNX_VARIANTS = ("concat", "iFusion S=1", "concat, fusion_long=mean", "iFusion S=1, fusion_long=mean")
+
+
+def onnx_requests(requests: dict[str, nn.Module], inputs: tuple) -> dict[str, Callable[..., torch.Tensor]]:
+    """Each request model exported to ONNX (a temporary directory, as ``cli export`` writes
+    it) and loaded in ONNX Runtime's CPU provider: the per-operator overhead of eager PyTorch
+    is then gone, which is what a serving runtime sees."""
+    import tempfile
+
+    from ifusion_plugin.serving import export_onnx, load_onnx
+
+    sessions = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (name, model) in enumerate(requests.items()):
+            path = f"{folder}/request-{index}.onnx"
+            export_onnx(model, path, inputs)
+            sessions[name] = load_onnx(path)  # the session holds the model; the file may go
+    return sessions
 
 
 def train_one(args: argparse.Namespace, spec: FeatureSpec, variant_name: str) -> dict[str, float]:
@@ -245,6 +280,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--candidates", type=int, default=512, help="candidates of the request-form table")
     parser.add_argument("--skip-request", action="store_true", help="skip the request-form table")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time the request form exported to ONNX, in ONNX Runtime (needs onnx, onnxscript, onnxruntime)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model and data, few repeats: checks that the harness runs (CI)")
