@@ -19,7 +19,8 @@ embedding 32, head [256, 128, 64]); batches are random in-vocabulary ids with pa
 Request form (``--candidates``, default 512): one user against C candidates through
 :class:`~ifusion_plugin.serving.RequestServingModel` (the user's side once) and, timed in the same
 interleaved loop, the row form of that very request; FLOPs per sample of the fusion layer and of
-the whole model from torch's ``FlopCounterMode``.
+the whole model from torch's ``FlopCounterMode``. ``--onnx`` also times the request form exported to
+ONNX and run by ONNX Runtime (without eager PyTorch's per-operator dispatch).
 """
 
 from __future__ import annotations
