@@ -217,23 +217,15 @@ def onnx_requests(requests: dict[str, nn.Module], inputs: tuple, threads: int) -
     from the eager models timed in the same loop."""
     import tempfile
 
-    import numpy as np
-    import onnxruntime
+    from ifusion_plugin.serving import export_onnx, load_onnx
 
-    from ifusion_plugin.serving import export_onnx
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {}
     with tempfile.TemporaryDirectory() as folder:
         for index, (name, model) in enumerate(requests.items()):
             path = f"{folder}/request-{index}.onnx"
             export_onnx(model, path, inputs)
-            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            names = [i.name for i in session.get_inputs()]
-            sessions[name] = lambda *xs, s=session, n=names: torch.from_numpy(
-                s.run(None, {k: np.ascontiguousarray(x.numpy()) for k, x in zip(n, xs)})[0])
+            # The session holds the model once loaded: the file may go.
+            sessions[name] = load_onnx(path, threads=threads, spin=False)
     return sessions
 
 
@@ -265,7 +257,7 @@ def training_table(args: argparse.Namespace) -> list[dict[str, object]]:
                 "--sampling-steps", *map(str, args.sampling_steps)]
     if args.quick:
         settings = ["--quick", "--host", args.host, "--threads", str(args.threads)]
-    for name in ["concat", "gate", "iFusion S=1", "iFusion S=1 h64", "concat, fusion_long=mean", "iFusion S=1, fusion_long=mean"]:
+    for name in REQUEST_VARIANTS:
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks.speed", *settings, "--train-one", name],
             capture_output=True, text=True, check=True,

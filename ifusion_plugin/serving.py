@@ -317,12 +317,24 @@ def load_program(path: str) -> nn.Module:
     return torch.export.load(path).module()
 
 
-def load_onnx(path: str) -> Callable[..., Tensor]:
+def load_onnx(path: str, *, threads: Optional[int] = None, spin: bool = True) -> Callable[..., Tensor]:
     """A saved ``.onnx`` model as a callable ``(ids...) -> probabilities`` on onnxruntime's CPU
-    provider (tensors in, tensor out). Needs onnxruntime."""
+    provider (tensors in, tensor out). Needs onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (``None``: onnxruntime's default, one per core).
+        spin: whether idle threads spin between calls (onnxruntime's default); ``False`` leaves
+            the cores to other work in the same process, e.g. models timed beside it.
+    """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def run(*inputs: Tensor) -> Tensor:
