@@ -11,14 +11,20 @@ prefix. Reports against the targets of the data issue (issue 12 item 3):
 - peak RSS of the preparing process (target <= 4 GiB),
 - loader samples/s against TWIN + concat's training samples/s on the same batch (target >= 3x).
 
+With ``--cold`` it also reads the shuffled batches right after dropping the page cache (Linux,
+root), once in a single-row shuffle and once in a block shuffle (``--shuffle-block-rows``): what
+an epoch costs when the cache is larger than memory and every read goes to the disk.
+
     python -m benchmarks.data_scale --rows 2000000 --out /tmp/data_scale      # the issue's size
     python -m benchmarks.data_scale --rows 20000 --out /tmp/ds --quick          # seconds (CI)
+    python -m benchmarks.data_scale --rows 2000000 --out /tmp/ds --cold         # + cold-cache reads
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -57,8 +63,34 @@ def write_table(root: Path, rows: int, median_history: int, items: int, users: i
             pq.write_table(table, root / split / f"part-{shard:05d}.parquet")
 
 
-def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: str = "vocabulary") -> dict[str, float]:
-    """In this (fresh) process: build the cache, then time ``batches`` training batches."""
+def drop_page_cache() -> None:
+    """Evict the page cache (Linux, root), so that the next reads of the cache go to the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as error:
+        raise SystemExit(f"--cold: cannot drop the page cache ({error}); it needs root on Linux") from None
+
+
+def loader_rate(data: Any, batches: int, cold: bool = False) -> float:
+    """Training samples/s of ``data``'s loader over ``batches`` batches after the first."""
+    if cold:
+        drop_page_cache()
+    loader = iter(data.train_dataloader())
+    next(loader)
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            seen += len(next(loader))
+        except StopIteration:
+            break
+    return seen / max(time.perf_counter() - start, 1e-9)
+
+
+def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: str = "vocabulary",
+            cold: bool = False, block_rows: int = 4096) -> dict[str, float]:
+    """In this (fresh) process: build the cache, then time ``batches`` training batches (and
+    with ``cold`` the same from a dropped page cache, in single-row and ``block_rows`` order)."""
     from ifusion_plugin.data import TableDataModule
 
     data = TableDataModule(root, long_len=100, num_sessions=4, session_len=5, cache_dir=cache, batch_size=batch_size,
@@ -75,19 +107,16 @@ def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: s
     rows = sum(len(data.split(split)) for split in ("train", "valid", "test"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     data.setup("fit")
-    loader = iter(data.train_dataloader())
-    next(loader)
-    start, seen = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            seen += len(next(loader))
-        except StopIteration:
-            break
-    loader_s = time.perf_counter() - start
+    measured = {"loader_samples_per_s": loader_rate(data, batches)}
+    if cold:
+        measured["loader_cold_rows_samples_per_s"] = loader_rate(data, batches, cold=True)
+        data.shuffle_block_rows = block_rows
+        measured["loader_cold_blocks_samples_per_s"] = loader_rate(data, batches, cold=True)
+        measured["shuffle_block_rows"] = block_rows
+        measured["shuffle_window_blocks"] = data.shuffle_window_blocks
     disk = sum(f.stat().st_size for f in Path(data.cache_path).rglob("*") if f.is_file())
     return {"rows": rows, "prepare_s": prepare_s, "prepare_rows_per_s": rows / prepare_s, "peak_rss_gib": peak,
-            "parquet_read_rows_per_s": read_rows / read_s,
-            "disk_bytes_per_row": disk / rows, "loader_samples_per_s": seen / max(loader_s, 1e-9)}
+            "parquet_read_rows_per_s": read_rows / read_s, "disk_bytes_per_row": disk / rows, **measured}
 
 
 def twin_samples_per_s(batch_size: int, steps: int) -> float:
@@ -124,11 +153,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few loader batches and TWIN steps (CI checks the harness)")
     parser.add_argument("--id-encoding", choices=("vocabulary", "hash"), default="vocabulary",
                         help="TableDataModule's id_encoding (hash: no vocabulary pass, 2^20 buckets)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also read the batches from a dropped page cache, row and block shuffle (Linux, root)")
+    parser.add_argument("--shuffle-block-rows", type=int, default=4096, help="the block shuffle's block (with --cold)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--prepare-only", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare_only:
-        print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches, args.id_encoding)))
+        print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches, args.id_encoding, args.cold,
+                                 args.shuffle_block_rows)))
         return 0
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -137,7 +170,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     generate_s = time.perf_counter() - start
     # A fresh process: its peak RSS is the preparation's own.
     result = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--out", args.out, "--batch-size", str(args.batch_size),
-                             "--batches", str(5 if args.quick else args.batches), "--id-encoding", args.id_encoding, "--prepare-only", str(out / "table"), str(out / "cache")],
+                             "--batches", str(5 if args.quick else args.batches), "--id-encoding", args.id_encoding,
+                             "--shuffle-block-rows", str(args.shuffle_block_rows), *(["--cold"] if args.cold else []),
+                             "--prepare-only", str(out / "table"), str(out / "cache")],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"preparing the table failed:\n{result.stderr[-3000:]}")
@@ -161,6 +196,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nprepare {measured['prepare_s']:.1f} s; Parquet decoding alone {measured['parquet_read_rows_per_s']:,.0f} rows/s "
           f"(one pass; the build makes two, one with hashed ids); loader {measured['loader_samples_per_s']:,.0f} samples/s; "
           f"TWIN + concat training {measured['twin_train_samples_per_s']:,.0f} samples/s")
+    if args.cold:
+        twin = measured["twin_train_samples_per_s"]
+        rows_cold, blocks_cold = measured["loader_cold_rows_samples_per_s"], measured["loader_cold_blocks_samples_per_s"]
+        print(f"from a dropped page cache: single-row shuffle {rows_cold:,.0f} samples/s ({rows_cold / twin:.1f}x TWIN), "
+              f"block shuffle ({args.shuffle_block_rows} rows x {measured['shuffle_window_blocks']} blocks) "
+              f"{blocks_cold:,.0f} samples/s ({blocks_cold / twin:.1f}x TWIN)")
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=2))
     return 0

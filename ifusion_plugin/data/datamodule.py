@@ -59,6 +59,11 @@ class CTRDataModule(L.LightningDataModule):
     tells whether it did).
 
     ``predict_split`` (attribute, ``"test"`` by default): the split ``predict_dataloader`` serves.
+
+    ``shuffle_block_rows`` / ``shuffle_window_blocks`` (every subclass): the training order.
+    ``0`` (default) shuffles single rows; ``R > 0`` shuffles blocks of ``R`` consecutive cached
+    rows and the rows within each window of ``shuffle_window_blocks`` blocks, so that a cache
+    larger than memory is read in runs, not one random page per row (``docs/data.md``).
     """
 
     #: The split served by ``predict_dataloader``: ``"train"``, ``"valid"`` or ``"test"``.
@@ -79,6 +84,8 @@ class CTRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        shuffle_block_rows: int = 0,
+        shuffle_window_blocks: int = 8,
         cache_dir: Optional[str] = None,
         on_bad_line: OnBadLine = "error",
     ) -> None:
@@ -95,12 +102,19 @@ class CTRDataModule(L.LightningDataModule):
             raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for name, value, least in (("shuffle_block_rows", shuffle_block_rows, 0),
+                                   ("shuffle_window_blocks", shuffle_window_blocks, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         self.seed = seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        # Training order: single rows (0) or blocks of rows (see loading._RangeBatchSampler).
+        self.shuffle_block_rows = shuffle_block_rows
+        self.shuffle_window_blocks = shuffle_window_blocks
         self.cache_dir = default_cache_dir() if cache_dir is None else os.path.expanduser(cache_dir)
         self.on_bad_line = on_bad_line
         self._splits = None
@@ -234,7 +248,8 @@ class CTRDataModule(L.LightningDataModule):
         loader_class = _ResumableDataLoader if shuffle else DataLoader
         return loader_class(
             _BatchDataset(ds),
-            sampler=_RangeBatchSampler(len(ds), batch_size, shuffle, self.seed),
+            sampler=_RangeBatchSampler(len(ds), batch_size, shuffle, self.seed, self.shuffle_block_rows,
+                                       self.shuffle_window_blocks),
             batch_size=None,  # the sampler yields whole batches; __getitem__ builds CTRBatch
             collate_fn=_identity,
             num_workers=self.num_workers,

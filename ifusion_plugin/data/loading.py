@@ -19,6 +19,14 @@ class _RangeBatchSampler(DistributedSampler):
     """Yields whole batches as index lists: contiguous ranges, or shuffled ranges of a
     per-epoch permutation (seeded by ``seed + epoch`` so runs repeat).
 
+    The permutation shuffles single rows by default (``block_rows = 0``). With ``block_rows =
+    R > 0`` it shuffles blocks of ``R`` consecutive rows, then the rows within each window of
+    ``window_blocks`` consecutive blocks of that order: a batch then draws from at most a few
+    regions of the memory-mapped cache, which are read from disk once and stay in the page cache
+    while the window lasts, instead of one random page per row. This is what keeps the loader
+    fed when the cache is larger than memory; the cost is batches that mix fewer distant rows
+    (each epoch still sees every row once, in a new order).
+
     Under ``torch.distributed`` with ``W`` processes, evaluation deals the batches out in turn
     (process ``r`` takes every ``W``-th batch: a split is partitioned, never padded with
     repeats, so synced metrics count every sample once). Training (``shuffle``) also sees every
@@ -31,9 +39,11 @@ class _RangeBatchSampler(DistributedSampler):
     would hand single indices to a dataset that reads whole batches.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:  # noqa: D107
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, block_rows: int = 0,  # noqa: D107
+                 window_blocks: int = 8) -> None:
         # DistributedSampler.__init__ is not called: it needs a dataset and a process group.
         self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+        self.block_rows, self.window_blocks = block_rows, window_blocks
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -60,9 +70,22 @@ class _RangeBatchSampler(DistributedSampler):
     #: Batches to leave out at the start of the next pass (a resumed epoch); reset after use.
     skip: int = 0
 
+    def _permutation(self, rng: np.random.Generator) -> np.ndarray:
+        if not self.block_rows:
+            return rng.permutation(self.n)
+        starts = rng.permutation(-(-self.n // self.block_rows)) * self.block_rows
+        lengths = np.minimum(starts + self.block_rows, self.n) - starts
+        # The blocks' row ranges laid end to end: start of each row's block + its offset in it.
+        ends = np.cumsum(lengths)
+        order = np.repeat(starts - (ends - lengths), lengths) + np.arange(self.n)
+        window = self.block_rows * self.window_blocks
+        for begin in range(0, self.n, window):
+            rng.shuffle(order[begin:begin + window])
+        return order
+
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
-            order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+            order = self._permutation(np.random.default_rng(self.seed + self.epoch))
             self.epoch += 1
         else:
             order = np.arange(self.n)

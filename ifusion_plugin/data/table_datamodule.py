@@ -81,6 +81,8 @@ class TableDataModule(CTRDataModule):
             ``history_timestamps`` column.
         seed: seed of the train shuffling (seed + epoch).
         batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: the loaders.
+        shuffle_block_rows, shuffle_window_blocks: the training order (block shuffle for caches
+            larger than memory; see :class:`~ifusion_plugin.data.CTRDataModule`).
         long_behaviors, session_behaviors: with a ``behavior_history`` column, the behaviour
             types (as the file spells them) the long-term sequence and the sessions may hold
             (``None``: all); the paper's heterogeneous setting takes the long-term sequence from

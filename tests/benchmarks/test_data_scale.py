@@ -12,7 +12,7 @@ from benchmarks import data_scale
 
 
 @pytest.mark.slow
-def test_generated_table_and_report(tmp_path, capsys) -> None:
+def test_generated_table_and_report(tmp_path, capsys, monkeypatch) -> None:
     data_scale.write_table(tmp_path / "t", rows=400, median_history=20, items=50, users=30, rows_per_shard=150)
     train = sorted((tmp_path / "t" / "train").glob("part-*.parquet"))
     assert len(train) == 3  # 360 train rows in shards of 150
@@ -30,3 +30,12 @@ def test_generated_table_and_report(tmp_path, capsys) -> None:
         assert f"| {key} |" in printed
     verdicts = [line for line in printed.splitlines() if line.endswith(("| met |", "| not met |")) and not line.startswith("| measure")]
     assert len(verdicts) == len(data_scale.TARGETS)
+
+    # --cold, in this process with the page-cache drop stubbed (it needs root): both orders timed
+    # from the cache the run above built, the block shuffle with the block asked for.
+    drops = []
+    monkeypatch.setattr(data_scale, "drop_page_cache", lambda: drops.append(1))
+    cold = data_scale.prepare(str(tmp_path / "run" / "table"), str(tmp_path / "run" / "cache"), 32, 3, cold=True,
+                              block_rows=64)
+    assert len(drops) == 2 and cold["shuffle_block_rows"] == 64
+    assert cold["loader_cold_rows_samples_per_s"] > 0 and cold["loader_cold_blocks_samples_per_s"] > 0
