@@ -49,6 +49,8 @@ class CTRTask(pl.LightningModule):
             datamodule's ``feature_spec``.
         lr: Adam learning rate (the paper's 1e-3).
         eps: Adam epsilon (the paper's 1e-7, TensorFlow's default, which the paper's runs used).
+        fusion_lr: Adam learning rate of the host's fusion layer (``host.fusion``, whichever
+            class it is); ``None`` (default): ``lr`` for every parameter.
         weight_decay: Adam L2 weight decay on every parameter (default 0). The paper's eq. 18
             puts ``beta ||theta||`` on the core-preference branch only; we regularise that
             branch by dropout and pooling instead (docs/fusion.md, "Where this departs from the
@@ -84,10 +86,13 @@ class CTRTask(pl.LightningModule):
         lr: float = 1e-3,
         eps: float = 1e-7,
         weight_decay: float = 0.0,
+        fusion_lr: Optional[float] = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if fusion_lr is not None and not fusion_lr > 0:
+            raise ValueError(f"fusion_lr must be None (use lr) or positive, got {fusion_lr}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
         if weight_decay < 0:
@@ -109,11 +114,15 @@ class CTRTask(pl.LightningModule):
             module = host(feature_spec)
         if not isinstance(module, nn.Module):
             raise ValueError(f"host must build an nn.Module, got {type(module).__name__}")
+        if fusion_lr is not None and not isinstance(getattr(module, "fusion", None), nn.Module):
+            raise ValueError(f"fusion_lr needs a host with a fusion layer in its `fusion` attribute (every CTRHost), "
+                             f"{type(module).__name__} has none")
         self.host = module
         self.feature_spec = feature_spec
         self.lr = lr
         self.eps = eps
         self.weight_decay = weight_decay
+        self.fusion_lr = fusion_lr
         # One set of metrics per stage: validation inside `fit` must not mix with a later test.
         self.metrics = nn.ModuleDict(
             {
@@ -239,5 +248,11 @@ class CTRTask(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        if self.fusion_lr is None:
+            return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        fusion = list(self.host.fusion.parameters())
+        in_fusion = {id(p) for p in fusion}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in in_fusion]},
+                  {"params": fusion, "lr": self.fusion_lr}]
+        return torch.optim.Adam(groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
 

@@ -111,7 +111,7 @@ def test_factory_needs_feature_spec() -> None:
         CTRTask(TinyHost)
 
 
-@pytest.mark.parametrize("name, value", [("lr", 0.0), ("eps", -1.0), ("weight_decay", -0.1)])
+@pytest.mark.parametrize("name, value", [("lr", 0.0), ("eps", -1.0), ("weight_decay", -0.1), ("fusion_lr", 0.0)])
 def test_rejects_bad_optimiser_settings(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=name):
         CTRTask(TinyHost, SPEC, **{name: value})
@@ -122,6 +122,20 @@ def test_paper_optimiser_defaults() -> None:
     assert isinstance(optimiser, torch.optim.Adam)
     group = optimiser.param_groups[0]
     assert (group["lr"], group["eps"], group["weight_decay"]) == (1e-3, 1e-7, 0.0)
+
+
+def test_fusion_lr_puts_the_fusion_layer_in_its_own_group() -> None:
+    from ifusion_plugin.fusion import InterestFusion
+    from ifusion_plugin.hosts import AvgPoolDNN
+
+    task = CTRTask(functools.partial(AvgPoolDNN, fusion=InterestFusion), SPEC, fusion_lr=3e-3)
+    rest, fusion = task.configure_optimizers().param_groups
+    assert (rest["lr"], fusion["lr"]) == (1e-3, 3e-3)
+    assert {id(p) for p in fusion["params"]} == {id(p) for p in task.host.fusion.parameters()}
+    # Every parameter in exactly one group.
+    assert sorted(map(id, rest["params"] + fusion["params"])) == sorted(map(id, task.parameters()))
+    with pytest.raises(ValueError, match="fusion_lr needs a host with a fusion layer"):
+        CTRTask(torch.nn.Linear(2, 1), fusion_lr=1e-3)
 
 
 def test_accepts_built_module_and_factory() -> None:

@@ -105,8 +105,8 @@ class InterestFusion(FusionLayer):
     noises; ``x_t`` from the closed-form forward process; the guided x0-prediction at both
     steps. The generated interest ``x0_hat`` is the output at ``t1`` (or the mean of both,
     ``task_step="mean"``); ``losses`` holds the weighted auxiliary losses ``"evolution"``,
-    ``"disentangle"``, ``"consistency"`` whose weight is positive (consistency pulls the t2
-    output to the detached t1 output). With MARN the evolution prediction (conditioned on the
+    ``"disentangle"``, ``"consistency"`` (and ``"denoise"``, not in the paper) whose weight is
+    positive (consistency pulls the t2 output to the detached t1 output). With MARN the evolution prediction (conditioned on the
     sessions before the last one) is read from the task chain itself, not from a second pass.
     The t2 pass runs only when something reads it (``consistency_weight > 0`` or
     ``task_step="mean"``); without it training costs about half the denoiser work.
@@ -158,6 +158,10 @@ class InterestFusion(FusionLayer):
         disentangle_mode: ``"cosine"`` (squared cosine) or ``"inner_product"`` (paper's raw form).
         consistency_mode: ``"mse"`` (eq. 15's squared distance) or ``"cosine"`` (``1 - cos``:
             scale-free, so it cannot grow with the scale of the output it chases).
+        denoise_weight: weight of a denoising objective the paper does not have: the mean squared
+            distance of the t1 output ``x0_hat`` to the clean start ``x0`` it was noised from
+            (the projected ``h_long``, detached: the loss trains the denoiser, never the host
+            towards it), as x0-prediction diffusion models train. 0 (default) leaves it out.
         task_step: ``"t1"`` or ``"mean"``, which training output is ``fused``.
         task_noise: ``"full"`` draws ``t1`` from all ``T`` steps (Algorithm 1); ``"serving"``
             from ``[0, t_start)``, the noise levels evaluation starts from, so the CTR loss
@@ -217,6 +221,7 @@ class InterestFusion(FusionLayer):
         disentangle_mode: Literal["cosine", "inner_product"] = "cosine",
         consistency_weight: float = 0.1,
         consistency_mode: Literal["mse", "cosine"] = "mse",
+        denoise_weight: float = 0.0,
         task_step: Literal["t1", "mean"] = "t1",
         task_noise: Literal["full", "serving"] = "full",
         long_condition: bool = False,
@@ -263,7 +268,8 @@ class InterestFusion(FusionLayer):
         if gamma_tf is None:
             gamma_tf = 1.0 / 3.0 if guidance == "dcfg" else 0.0
         for name, w in (("gamma_cp", gamma_cp), ("gamma_tf", gamma_tf), ("evolution_weight", evolution_weight),
-                        ("disentangle_weight", disentangle_weight), ("consistency_weight", consistency_weight)):
+                        ("disentangle_weight", disentangle_weight), ("consistency_weight", consistency_weight),
+                        ("denoise_weight", denoise_weight)):
             _non_negative(name, w)
         if guidance == "dcfg" and gamma_cp + gamma_tf <= 0:
             raise ValueError("gamma_cp + gamma_tf must be positive with guidance='dcfg'")
@@ -296,6 +302,7 @@ class InterestFusion(FusionLayer):
         self.disentangle_mode = disentangle_mode
         self.consistency_weight = float(consistency_weight)
         self.consistency_mode = consistency_mode
+        self.denoise_weight = float(denoise_weight)
         self.task_step = task_step
         self.task_noise = task_noise
         self.long_condition = long_condition
@@ -621,6 +628,8 @@ class InterestFusion(FusionLayer):
             # it towards the t2 output too lets both collapse to a constant (measured on
             # examples/replace_concat.py: test AUC 0.51 against 0.69 without the loss).
             losses["consistency"] = self.consistency_weight * consistency_loss(out_t2, out_t1.detach(), self.consistency_mode)
+        if self.denoise_weight > 0:
+            losses["denoise"] = self.denoise_weight * consistency_loss(out_t1, x0.detach(), "mse")
         return FusionOutput(fused=fused, losses=losses)
 
     def _sample(self, x0: Tensor, mask: Tensor, guidance: list[Tensor], cond: Optional[Tensor]) -> Tensor:

@@ -316,6 +316,29 @@ def test_consistency_mode_reaches_the_loss(monkeypatch):
     assert seen == ["cosine"]
 
 
+def test_denoise_loss_pulls_x0_hat_to_the_detached_clean_start(monkeypatch):
+    """denoise_weight adds w * mse(x0_hat at t1, x0) with x0 (the projected h_long) detached;
+    it changes no output, and without it the losses are the paper's."""
+    h = inputs(b=5)
+    # p_drop_long 0: x0 is then the projection itself, recomputed below.
+    plain, denoised = make(p_drop_long=0.0).train(), make(denoise_weight=0.5, p_drop_long=0.0).train()
+    torch.manual_seed(4)
+    a = plain(*h)
+    torch.manual_seed(4)
+    b = denoised(*h)
+    torch.testing.assert_close(b.fused, a.fused, rtol=0, atol=0)
+    assert "denoise" not in a.losses and set(b.losses) == set(a.losses) | {"denoise"}
+    x0 = denoised._start(h[0], None)
+    torch.testing.assert_close(b.losses["denoise"], 0.5 * (b.fused - x0).pow(2).mean())
+    # The target is detached: the loss trains the denoiser, never the host towards x0_hat.
+    seen = []
+    real = interest_module.consistency_loss
+    monkeypatch.setattr(interest_module, "consistency_loss",
+                        lambda o, t, mode: seen.append((o.requires_grad, t.requires_grad)) or real(o, t, mode))
+    denoised(*h)
+    assert seen[-1] == (True, False)
+
+
 def test_evolution_skips_rows_with_fewer_than_two_sessions():
     pred, target = torch.randn(3, 4), torch.randn(3, 4)
     valid = torch.tensor([True, False, False])
@@ -458,6 +481,7 @@ def test_export_parity(kwargs):
         (dict(core_dropout=2.0), "core_dropout must be a probability"),
         (dict(gamma_cp=-1.0), "gamma_cp must be a non-negative"),
         (dict(evolution_weight=-1.0), "evolution_weight must be a non-negative"),
+        (dict(denoise_weight=-0.1), "denoise_weight must be a non-negative"),
         (dict(num_heads=3), "num_heads must be a positive divisor"),
         (dict(gamma_cp=0.0, gamma_tf=0.0), "gamma_cp \\+ gamma_tf must be positive"),
     ],
