@@ -88,10 +88,14 @@ def loader_rate(data: Any, batches: int, cold: bool = False) -> float:
 
 
 def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: str = "vocabulary",
-            cold: bool = False, block_rows: int = 4096) -> dict[str, float]:
+            cold: bool = False, block_rows: int = 4096, stream_rows: Optional[int] = None) -> dict[str, float]:
     """In this (fresh) process: build the cache, then time ``batches`` training batches (and
-    with ``cold`` the same from a dropped page cache, in single-row and ``block_rows`` order)."""
-    from ifusion_plugin.data import TableDataModule
+    with ``cold`` the same from a dropped page cache, in single-row and ``block_rows`` order).
+    ``stream_rows``: rows per read batch of the build, hence per chunk of the cache."""
+    from ifusion_plugin.data import TableDataModule, table
+
+    if stream_rows is not None:
+        table.STREAM_ROWS = stream_rows
 
     data = TableDataModule(root, long_len=100, num_sessions=4, session_len=5, cache_dir=cache, batch_size=batch_size,
                            id_encoding=id_encoding)
@@ -116,7 +120,8 @@ def prepare(root: str, cache: str, batch_size: int, batches: int, id_encoding: s
         measured["shuffle_window_blocks"] = data.shuffle_window_blocks
     disk = sum(f.stat().st_size for f in Path(data.cache_path).rglob("*") if f.is_file())
     return {"rows": rows, "prepare_s": prepare_s, "prepare_rows_per_s": rows / prepare_s, "peak_rss_gib": peak,
-            "parquet_read_rows_per_s": read_rows / read_s, "disk_bytes_per_row": disk / rows, **measured}
+            "parquet_read_rows_per_s": read_rows / read_s, "disk_bytes_per_row": disk / rows,
+            "train_chunks": data.split("train").table.column(0).num_chunks, **measured}
 
 
 def twin_samples_per_s(batch_size: int, steps: int) -> float:
@@ -156,12 +161,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="also read the batches from a dropped page cache, row and block shuffle (Linux, root)")
     parser.add_argument("--shuffle-block-rows", type=int, default=4096, help="the block shuffle's block (with --cold)")
+    parser.add_argument("--stream-rows", type=int, default=None,
+                        help="rows per read batch of the build, hence per cache chunk (default table.STREAM_ROWS, 65,536): "
+                             "smaller gives a small table the chunk count of a large one")
     parser.add_argument("--json", default=None)
     parser.add_argument("--prepare-only", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare_only:
         print(json.dumps(prepare(*args.prepare_only, args.batch_size, args.batches, args.id_encoding, args.cold,
-                                 args.shuffle_block_rows)))
+                                 args.shuffle_block_rows, args.stream_rows)))
         return 0
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -172,6 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--out", args.out, "--batch-size", str(args.batch_size),
                              "--batches", str(5 if args.quick else args.batches), "--id-encoding", args.id_encoding,
                              "--shuffle-block-rows", str(args.shuffle_block_rows), *(["--cold"] if args.cold else []),
+                             *(["--stream-rows", str(args.stream_rows)] if args.stream_rows else []),
                              "--prepare-only", str(out / "table"), str(out / "cache")],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -183,6 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     measured["commit"] = commit()
     measured["date"] = time.strftime("%Y-%m-%d")
     measured["id_encoding"] = args.id_encoding
+    measured["stream_rows"] = args.stream_rows
     measured["twin_train_samples_per_s"] = twin_samples_per_s(args.batch_size, 3 if args.quick else 20)
     measured["loader_vs_twin"] = measured["loader_samples_per_s"] / measured["twin_train_samples_per_s"]
     print(f"# data_scale: {measured['rows']:,} rows, median history {args.median_history}, id_encoding {args.id_encoding}, "

@@ -22,9 +22,11 @@ def test_generated_table_and_report(tmp_path, capsys, monkeypatch) -> None:
     assert 5 < sorted(lengths)[len(lengths) // 2] < 60  # median near 20
 
     assert data_scale.main(["--rows", "600", "--median-history", "20", "--items", "80", "--users", "40",
-                            "--out", str(tmp_path / "run"), "--quick", "--batch-size", "32", "--json", str(tmp_path / "m.json")]) == 0
+                            "--out", str(tmp_path / "run"), "--quick", "--batch-size", "32", "--stream-rows", "100",
+                            "--json", str(tmp_path / "m.json")]) == 0
     measured = json.loads((tmp_path / "m.json").read_text())
     assert measured["rows"] == 540 + 30 + 30 and measured["prepare_rows_per_s"] > 0 and measured["disk_bytes_per_row"] > 0
+    assert measured["train_chunks"] == 6 and measured["stream_rows"] == 100  # 540 train rows read 100 at a time
     printed = capsys.readouterr().out
     for key in data_scale.TARGETS:
         assert f"| {key} |" in printed
