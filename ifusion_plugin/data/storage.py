@@ -16,7 +16,9 @@ values and the per-sample shape) and no padded array is made.
 
 Chunks (record batches) are written one at a time (:class:`SplitWriter`), so a source can stream
 a split larger than memory; :func:`open_split` memory-maps the file and :class:`StoredSplit`
-gathers index batches from it without reading the split into RAM.
+gathers index batches from it without reading the split into RAM. Every chunk's buffers lie in
+that one mapping, so a batch is gathered from the whole file at once, whatever the number of
+chunks it touches (a shuffled batch of a 20M-row split touches hundreds).
 """
 
 from __future__ import annotations
@@ -158,8 +160,26 @@ class SplitWriter:
 def open_split(path: str, shapes: Mapping[str, Sequence[int]]) -> "StoredSplit":
     """Memory-map the split file ``path`` written by :class:`SplitWriter` with these ``shapes``."""
     with pa.memory_map(path, "r") as source:
-        table = pa.ipc.open_file(source).read_all()
-    return StoredSplit(table, shapes)
+        # One buffer over the whole mapping: the table's buffers are slices of it.
+        mapping = source.read_buffer()
+    return StoredSplit(pa.ipc.open_file(mapping).read_all(), shapes, mapping)
+
+
+@dataclass(frozen=True)
+class _FileColumn:
+    """Where one column's chunks lie in the file mapping, in elements of ``view``: ``data``
+    ``(C,)`` the first value of each chunk (of each chunk's child values for a ragged column),
+    ``offsets`` ``(C,)`` the first offset of each chunk (ragged columns only)."""
+
+    view: np.ndarray
+    data: np.ndarray
+    offsets: Optional[np.ndarray]
+
+
+def _element(buffer: pa.Buffer, base: int, itemsize: int, first: int) -> Optional[int]:
+    """Element index of value ``first`` of ``buffer`` in a view starting at address ``base``."""
+    byte = buffer.address - base + first * itemsize
+    return byte // itemsize if byte % itemsize == 0 else None
 
 
 class StoredSplit:
@@ -175,8 +195,9 @@ class StoredSplit:
     of shape ``(S, *shape)``.
     """
 
-    def __init__(self, table: pa.Table, shapes: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, table: pa.Table, shapes: Mapping[str, Sequence[int]], mapping: Optional[pa.Buffer] = None) -> None:
         self.table = table
+        self._mapping = mapping
         self.shapes = {name: tuple(int(s) for s in shapes[name]) for name in table.column_names}
         starts, start = [], 0
         self._chunks: dict[str, list[tuple[np.ndarray, Optional[np.ndarray]]]] = {name: [] for name in table.column_names}
@@ -192,6 +213,40 @@ class StoredSplit:
             starts.append(start)
             start += batch.num_rows
         self._starts = np.asarray(starts + [start], dtype=np.int64)
+        self._file = self._file_columns(mapping) if mapping is not None and len(starts) > 1 else {}
+
+    def _file_columns(self, mapping: pa.Buffer) -> dict[str, _FileColumn]:
+        """Per column, its chunks' places in typed views of the whole mapping (columns whose
+        buffers are not aligned to their item size, which Arrow's writer never produces, keep
+        the per-chunk path)."""
+        views: dict[np.dtype, np.ndarray] = {}
+
+        def view(dtype: np.dtype) -> np.ndarray:
+            if dtype not in views:
+                views[dtype] = np.frombuffer(mapping, dtype=dtype, count=mapping.size // dtype.itemsize)
+            return views[dtype]
+
+        base, end = mapping.address, mapping.address + mapping.size
+
+        def place(buffer: Optional[pa.Buffer], itemsize: int, first: int) -> Optional[int]:
+            if buffer is None or not base <= buffer.address <= buffer.address + buffer.size <= end:
+                return None
+            return _element(buffer, base, itemsize, first)
+
+        out: dict[str, _FileColumn] = {}
+        for name in self.table.column_names:
+            ragged = bool(self.shapes[name])
+            chunks = [chunk for chunk in self.table.column(name).chunks]
+            values = [chunk.values if ragged else chunk for chunk in chunks]
+            dtype = np.dtype(values[0].type.to_pandas_dtype())
+            # An empty chunk holds no row a batch can ask for: its place is never read.
+            data = [place(v.buffers()[1], dtype.itemsize, v.offset) if len(c) else 0 for c, v in zip(chunks, values)]
+            firsts = [place(c.buffers()[1], 4, c.offset) if len(c) else 0 for c in chunks] if ragged else data
+            if None in data or None in firsts:
+                continue
+            out[name] = _FileColumn(view(dtype), np.asarray(data, dtype=np.int64),
+                                    np.asarray(firsts, dtype=np.int64) if ragged else None)
+        return out
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -206,7 +261,7 @@ class StoredSplit:
         missing = [name for name in names if name not in self.shapes]
         if missing:
             raise KeyError(f"no column(s) {missing} in this split; it has {self.column_names}")
-        return StoredSplit(self.table.select(list(names)), {name: self.shapes[name] for name in names})
+        return StoredSplit(self.table.select(list(names)), {name: self.shapes[name] for name in names}, self._mapping)
 
     def __getitem__(self, index: "str | int | slice | np.ndarray | Sequence[int]") -> "np.ndarray | dict[str, np.ndarray]":
         if isinstance(index, str):
@@ -229,12 +284,26 @@ class StoredSplit:
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"rows must lie in [0, {len(self)}), got {index.min()}..{index.max()}")
         chunk_of = np.searchsorted(self._starts, index, side="right") - 1
-        groups = [(c, chunk_of == c) for c in np.unique(chunk_of)] if len(self._starts) > 2 else [(0, None)]
+        in_chunk = index - self._starts[chunk_of]
+        groups = None
         out = {}
         for name, chunks in self._chunks.items():
             shape = self.shapes[name]
             dtype = np.float32 if name == "label" else np.int64
             column = np.zeros((len(index), math.prod(shape)) if shape else (len(index),), dtype=dtype)
+            place = self._file.get(name)
+            if place is not None:
+                # The whole file at once: each row's position is its chunk's place + its row in it.
+                if place.offsets is None:
+                    column[...] = place.view[place.data[chunk_of] + in_chunk]
+                else:
+                    at = place.offsets[chunk_of] + in_chunk
+                    begins = place.view[at].astype(np.int64)
+                    _fill_at(column, place.view, place.data[chunk_of] + begins, place.view[at + 1] - begins)
+                out[name] = column.reshape((len(index),) + shape)
+                continue
+            if groups is None:
+                groups = [(c, chunk_of == c) for c in np.unique(chunk_of)] if len(self._starts) > 2 else [(0, None)]
             for c, selected in groups:
                 local = index - self._starts[c] if selected is None else index[selected] - self._starts[c]
                 values, offsets = chunks[c]
@@ -257,10 +326,15 @@ class StoredSplit:
 def _fill_right_aligned(out: np.ndarray, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
     """``out[i, -len:] = row rows[i]`` of a ragged column, for all ``i`` at once (``out`` zeroed)."""
     begins = offsets[rows].astype(np.int64)
-    lengths = offsets[rows + 1].astype(np.int64) - begins
+    _fill_at(out, values, begins, offsets[rows + 1].astype(np.int64) - begins)
+
+
+def _fill_at(out: np.ndarray, values: np.ndarray, begins: np.ndarray, lengths: np.ndarray) -> None:
+    """``out[i, -lengths[i]:] = values[begins[i]:begins[i] + lengths[i]]`` for all ``i`` (``out`` zeroed)."""
+    lengths = lengths.astype(np.int64, copy=False)
     total = int(lengths.sum())
     if total == 0:
         return
-    owner = np.repeat(np.arange(len(rows)), lengths)
+    owner = np.repeat(np.arange(len(begins)), lengths)
     within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[owner, out.shape[1] - lengths[owner] + within] = values[begins[owner] + within]

@@ -82,3 +82,34 @@ def test_ragged_columns_are_stored_as_given_and_checked(tmp_path) -> None:
         SplitWriter(str(tmp_path / "s.arrow")).write({"long_items": Ragged(pa.array([[1]]), (8,))})
     with pytest.raises(ValueError, match="non-empty shape"):
         Ragged(pa.array([[1]], type=pa.list_(pa.int32())), ())
+
+
+def test_many_chunks_are_gathered_from_the_whole_file_at_once(tmp_path) -> None:
+    """A split of many chunks (what a 20M-row build writes) is read through one view of the file
+    mapping per type; the batches equal the per-chunk path's, wide ids and a sliced ragged chunk
+    included."""
+    from ifusion_plugin.data.storage import StoredSplit
+
+    rng = np.random.default_rng(1)
+    chunks = [_columns(rng, n) for n in (30, 0, 17, 25, 1, 40)]
+    for chunk in chunks:
+        chunk["wide"] = rng.integers(2, 50, len(chunk["user"])) + 2**40
+    trimmed = [row[np.argmax(row != 0):].tolist() if row.any() else [] for row in chunks[3]["long_items"]]
+    # A chunk whose ragged column is a slice of a longer array: offsets not starting at zero.
+    longer = pa.array([[5, 6]] * 4 + trimmed, type=pa.list_(pa.int32()))
+    writer = SplitWriter(str(tmp_path / "m.arrow"))
+    for i, chunk in enumerate(chunks):
+        writer.write({**chunk, "long_items": Ragged(longer.slice(4), (8,))} if i == 3 else chunk)
+    shapes = writer.close()
+    split = open_split(str(tmp_path / "m.arrow"), shapes)
+    assert set(split._file) == set(shapes)  # every column takes the whole-file path
+    per_chunk = StoredSplit(split.table, shapes)  # no mapping: the per-chunk path
+    assert per_chunk._file == {}
+    whole = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+    order = np.concatenate([rng.permutation(len(split)), [0, 0, len(split) - 1]])
+    got, reference = split[order], per_chunk[order]
+    for name, values in whole.items():
+        np.testing.assert_array_equal(got[name], values[order])
+        np.testing.assert_array_equal(reference[name], values[order])
+        assert got[name].dtype == reference[name].dtype
+    assert set(split.select_columns(["wide", "long_items"])._file) == {"wide", "long_items"}
