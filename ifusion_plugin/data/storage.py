@@ -189,6 +189,9 @@ class StoredSplit:
         table: the split as written by :class:`SplitWriter` (memory-mapped: its buffers stay on
             disk until read).
         shapes: per column, the per-sample shape (``[]`` for one value per sample).
+        mapping: the buffer of the whole file the table was read from (:func:`open_split`), in
+            which every chunk's buffers lie: batches are then gathered from it at once, not
+            chunk by chunk. ``None``: the per-chunk path.
 
     ``split[index]`` with an int array, a slice or an int returns ``{name: array}`` of shape
     ``(len(index), *shape)`` (int64; ``label`` float32); ``split[name]`` returns one whole column
@@ -236,7 +239,7 @@ class StoredSplit:
         out: dict[str, _FileColumn] = {}
         for name in self.table.column_names:
             ragged = bool(self.shapes[name])
-            chunks = [chunk for chunk in self.table.column(name).chunks]
+            chunks = list(self.table.column(name).chunks)
             values = [chunk.values if ragged else chunk for chunk in chunks]
             dtype = np.dtype(values[0].type.to_pandas_dtype())
             # An empty chunk holds no row a batch can ask for: its place is never read.

@@ -106,8 +106,9 @@ class InterestFusion(FusionLayer):
     steps. The generated interest ``x0_hat`` is the output at ``t1`` (or the mean of both,
     ``task_step="mean"``); ``losses`` holds the weighted auxiliary losses ``"evolution"``,
     ``"disentangle"``, ``"consistency"`` (and ``"denoise"``, not in the paper) whose weight is
-    positive (consistency pulls the t2 output to the detached t1 output). With MARN the evolution prediction (conditioned on the
-    sessions before the last one) is read from the task chain itself, not from a second pass.
+    positive (consistency pulls the t2 output to the detached t1 output). With MARN the
+    evolution prediction (conditioned on the sessions before the last one) is read from the task
+    chain itself, not from a second pass.
     The t2 pass runs only when something reads it (``consistency_weight > 0`` or
     ``task_step="mean"``); without it training costs about half the denoiser work.
 
