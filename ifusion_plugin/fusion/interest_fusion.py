@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Optional
@@ -177,6 +178,9 @@ class InterestFusion(FusionLayer):
             replaces and learns how much of the generated interest to add (a skip connection
             around the diffusion, as in ReZero / ControlNet). ``False``: ``fused = x0_hat``, the
             paper's literal output. Measured in BENCHMARKS.md.
+        gate_init: the initial value of every entry of that gate (default 0: the layer starts as
+            concat); a positive value lets the generated interest reach the head from the first
+            step. Needs ``concat_skip``.
 
     Call arguments:
         h_long: tensor of shape (B, long_dim).
@@ -228,6 +232,7 @@ class InterestFusion(FusionLayer):
         long_condition: bool = False,
         p_drop_long: float = 0.05,
         concat_skip: bool = True,
+        gate_init: float = 0.0,
         validate_inputs: bool = True,
     ) -> None:
         super().__init__(long_dim, session_dim, fusion_dim, validate_inputs=validate_inputs)
@@ -272,6 +277,10 @@ class InterestFusion(FusionLayer):
                         ("disentangle_weight", disentangle_weight), ("consistency_weight", consistency_weight),
                         ("denoise_weight", denoise_weight)):
             _non_negative(name, w)
+        if not isinstance(gate_init, (int, float)) or isinstance(gate_init, bool) or not math.isfinite(gate_init):
+            raise ValueError(f"gate_init must be a finite number, got {gate_init!r}")
+        if gate_init != 0 and not concat_skip:
+            raise ValueError(f"gate_init={gate_init} needs concat_skip=True: without the skip there is no gate")
         if guidance == "dcfg" and gamma_cp + gamma_tf <= 0:
             raise ValueError("gamma_cp + gamma_tf must be positive with guidance='dcfg'")
         if not isinstance(sampling_seed, int) or isinstance(sampling_seed, bool):
@@ -319,7 +328,7 @@ class InterestFusion(FusionLayer):
         self.skip: Optional[ConcatFusion] = None
         if concat_skip:
             self.skip = ConcatFusion(long_dim, session_dim, fusion_dim, validate_inputs=False)
-            self.skip_gate = nn.Parameter(torch.zeros(fusion_dim))
+            self.skip_gate = nn.Parameter(torch.full((fusion_dim,), float(gate_init)))
         # Set by serving(...) for its block; the constructor values otherwise.
         self._override: Optional[ServingSettings] = None
         self._samplers: dict[tuple, NoiseSchedule] = {}

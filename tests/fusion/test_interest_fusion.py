@@ -482,6 +482,8 @@ def test_export_parity(kwargs):
         (dict(gamma_cp=-1.0), "gamma_cp must be a non-negative"),
         (dict(evolution_weight=-1.0), "evolution_weight must be a non-negative"),
         (dict(denoise_weight=-0.1), "denoise_weight must be a non-negative"),
+        (dict(gate_init=float("nan")), "gate_init must be a finite number"),
+        (dict(gate_init=0.5, concat_skip=False), "gate_init=0.5 needs concat_skip=True"),
         (dict(num_heads=3), "num_heads must be a positive divisor"),
         (dict(gamma_cp=0.0, gamma_tf=0.0), "gamma_cp \\+ gamma_tf must be positive"),
     ],
@@ -513,6 +515,18 @@ def test_concat_skip_starts_as_the_concat_fusion(training):
     torch.testing.assert_close(out.fused, m.skip(h_long, h_sessions, mask, long_mask).fused, rtol=0, atol=0)
     if training:
         assert set(out.losses) == {"evolution", "consistency", "disentangle"}
+
+
+def test_gate_init_sets_the_starting_gate():
+    m = make(fresh=True, concat_skip=True, gate_init=0.25).eval()
+    assert torch.equal(m.skip_gate.detach(), torch.full((FUSE,), 0.25))
+    h_long, h_sessions, mask = inputs()
+    # A fresh layer now adds a quarter of the generated interest to its concat part.
+    full = m(h_long, h_sessions, mask).fused
+    linear = m.skip(h_long, h_sessions, mask, None).fused
+    with m.serving(generated_scale=0.0):
+        torch.testing.assert_close(m(h_long, h_sessions, mask).fused, linear)
+    assert not torch.allclose(full, linear)
 
 
 @pytest.mark.parametrize("training", [True, False])
