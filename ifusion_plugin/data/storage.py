@@ -293,16 +293,16 @@ class StoredSplit:
         for name, chunks in self._chunks.items():
             shape = self.shapes[name]
             dtype = np.float32 if name == "label" else np.int64
-            column = np.zeros((len(index), math.prod(shape)) if shape else (len(index),), dtype=dtype)
             place = self._file.get(name)
-            if place is not None:
+            if place is not None and place.offsets is None:
                 # The whole file at once: each row's position is its chunk's place + its row in it.
-                if place.offsets is None:
-                    column[...] = place.view[place.data[chunk_of] + in_chunk]
-                else:
-                    at = place.offsets[chunk_of] + in_chunk
-                    begins = place.view[at].astype(np.int64)
-                    _fill_at(column, place.view, place.data[chunk_of] + begins, place.view[at + 1] - begins)
+                out[name] = place.view[place.data[chunk_of] + in_chunk].astype(dtype)
+                continue
+            column = np.zeros((len(index), math.prod(shape)) if shape else (len(index),), dtype=dtype)
+            if place is not None:
+                at = place.offsets[chunk_of] + in_chunk
+                begins = place.view[at].astype(np.int64)
+                _fill_at(column, place.view, place.data[chunk_of] + begins, place.view[at + 1] - begins)
                 out[name] = column.reshape((len(index),) + shape)
                 continue
             if groups is None:
