@@ -3,7 +3,8 @@
 ``--ckpt``: one checkpoint on the validation split of the data its run trained on (the
 ``config.yaml`` that ``fit`` saved beside its checkpoints), with the serving-time knobs of
 InterestFusion changed one at a time (the guidance scales, the start step ``t_start``).
-``--runs``: every iFusion checkpoint of a quality sweep (``benchmarks/out/quality-*/runs.jsonl``)
+``--runs``: every iFusion checkpoint of a quality sweep (``<out>/runs.jsonl``, the checkpoints
+under ``--logs``, by default ``benchmarks/out/logs-<name of out>`` as the sweep wrote them)
 served with each ``t_start`` x ``sampling_steps``, mean +- std over seeds per host, on
 ``--split valid`` (where defaults are chosen) or ``--split test`` (to report a chosen default).
 Nothing is retrained, so the rows differ only by how the same weights are served; this is how
@@ -25,6 +26,7 @@ from typing import Optional
 import torch
 
 from benchmarks.evaluation import (
+    best_checkpoint,
     checkpoint_datamodule,
     evaluate,
     load_task,
@@ -33,18 +35,25 @@ from benchmarks.evaluation import (
 )
 from ifusion_plugin.fusion import InterestFusion
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def serve_grid(args: argparse.Namespace) -> None:
     """Every iFusion checkpoint of a quality sweep (``--runs``) served with each (``t_start``,
     ``sampling_steps``) on ``--split``: AUC mean +- std over the seeds, per host."""
     runs = [json.loads(line) for line in Path(args.runs).read_text().splitlines() if line.strip()]
-    runs = [r for r in runs if r["fusion"] == "ifusion" and r.get("checkpoint")]
+    runs = [r for r in runs if r["fusion"] == "ifusion"]
+    if not runs:
+        raise SystemExit(f"no iFusion runs in {args.runs}")
+    # The sweep's checkpoints, found as benchmarks.fusion_contribution finds them.
+    logs = Path(args.logs) if args.logs else ROOT / "benchmarks" / "out" / f"logs-{Path(args.runs).parent.name}"
+    checkpoints = [best_checkpoint(logs, f"{r['host']}-ifusion-seed{r['seed']}") for r in runs]
     data = recipe_datamodule(args.data, args.data_root, eval_batch_size=2048, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     batches = split_batches(data, args.split)
     settings = [(t, s) for s in args.sampling_steps for t in [None, *args.t_start]]
     results: dict[tuple[str, Optional[int], int], list[float]] = {}
-    for run in runs:
-        task = load_task(run["checkpoint"])
+    for run, checkpoint in zip(runs, checkpoints):
+        task = load_task(checkpoint)
         for t_start, steps in settings:  # the trained scales
             results.setdefault((run["host"], t_start, steps), []).append(evaluate(task, batches, t_start=t_start, sampling_steps=steps)[0])
     print(f"{args.split} AUC of the iFusion checkpoints in {args.runs} (mean +- std over seeds)\n")
@@ -61,6 +70,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint of a CTRTask whose host uses InterestFusion")
     source.add_argument("--runs", help="runs.jsonl of `python -m benchmarks.quality`: every iFusion checkpoint in it")
+    parser.add_argument("--logs", help="with --runs: the sweep's logs and checkpoints (default benchmarks/out/logs-<name of the runs' directory>)")
     parser.add_argument("--data", default="movielens-1m", help="with --runs: the data recipe the sweep used (recipes/data/<name>.yaml)")
     parser.add_argument("--data-root", default=None, help="override the data's root (--ckpt: its run's config.yaml names the data)")
     parser.add_argument("--cache-dir", default=None, help="dataset cache (default: $IFUSION_CACHE_DIR or ~/.cache)")

@@ -20,6 +20,7 @@ from ifusion_plugin.data.table import (
     build_vocabularies,
     encode_table,
     find_split_files,
+    iter_split,
     read_split_tables,
 )
 from ifusion_plugin.data.vocabulary import Vocabularies
@@ -271,3 +272,56 @@ def test_catalogue_keeps_each_items_last_category_on_both_paths(monkeypatch: pyt
                 expected[item] = cate
         assert got["item"].to_pylist() == sorted(expected)
         assert got["cate"].to_pylist() == [expected[item] for item in sorted(expected)]
+
+
+@pytest.mark.parametrize("null_cates", [False, True])
+def test_streamed_vocabularies_equal_the_whole_table_ones(null_cates: bool) -> None:
+    # Batch by batch, the items come from each batch's catalogue when every item is paired with
+    # a category (no null): the vocabularies must equal those of the whole table in one batch,
+    # and the item vocabulary every distinct candidate and history item, whatever their
+    # categories (items here change category between rows).
+    rng = np.random.default_rng(1)
+    rows = 600
+    lengths = rng.integers(0, 6, rows)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    history = rng.integers(0, 400, int(lengths.sum()))
+    cates = rng.integers(0, 9, int(lengths.sum())).astype(object)
+    if null_cates:
+        cates[::5] = None
+    table = pa.table({
+        "user_id": rng.integers(0, 50, rows), "item_id": rng.integers(300, 700, rows), "label": rng.integers(0, 2, rows),
+        "item_history": pa.ListArray.from_arrays(offsets, pa.array(history)),
+        "cate_id": rng.integers(0, 9, rows),
+        "cate_history": pa.ListArray.from_arrays(offsets, pa.array(list(cates), type=pa.int64())),
+    })
+    streamed = build_vocabularies(table.slice(start, 70) for start in range(0, rows, 70))
+    whole = build_vocabularies(table)
+    expected_items = np.unique(np.concatenate([table["item_id"].to_numpy(), history]))
+    assert streamed.items.keys.to_pylist() == whole.items.keys.to_pylist() == expected_items.tolist()
+    assert streamed.cates.keys.equals(whole.cates.keys) and streamed.users.keys.equals(whole.users.keys)
+    catalogued = streamed.item_categories["item"].to_pylist()
+    assert catalogued == expected_items.tolist() if not null_cates else set(catalogued) <= set(expected_items.tolist())
+
+
+def test_read_ahead_yields_in_order_and_raises_where_the_bad_batch_comes(tmp_path: Path) -> None:
+    # The next batch is read in a thread: batches still arrive in file order, a bad row in the
+    # second shard surfaces only after the first shard's batches, and an abandoned stream ends.
+    root = tmp_path / "t"
+    for split in ("train", "valid", "test"):
+        (root / split).mkdir(parents=True)
+    for shard, labels in enumerate(([0, 1] * 5, [1, 0, 7, 1])):
+        n = len(labels)
+        pq.write_table(pa.table({
+            "user_id": [shard * 100 + i for i in range(n)], "item_id": list(range(n)), "label": labels,
+            "item_history": [[1, 2]] * n,
+        }), root / "train" / f"part-{shard}.parquet")
+    for split in ("valid", "test"):
+        pq.write_table(pq.read_table(root / "train" / "part-0.parquet"), root / split / "part-0.parquet")
+    stream = iter_split(str(root), "train", rows=4)
+    firsts = [next(stream)["user_id"][0].as_py() for _ in range(3)]
+    assert firsts == [0, 4, 8]
+    with pytest.raises(ValueError, match=r"part-1\.parquet.*label"):
+        next(stream)
+    abandoned = iter_split(str(root), "valid", rows=2)
+    assert next(abandoned).num_rows == 2
+    abandoned.close()  # returns: the thread's pending read is awaited, nothing hangs

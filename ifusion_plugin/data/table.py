@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -192,6 +193,29 @@ def iter_split(root: str, split: str, list_separator: str = " ", on_bad_line: On
         ValueError: a validation error from :func:`validate_table`, or a single file whose
             ``split`` column is missing or holds an unknown value.
     """
+    return _read_ahead(_split_batches(root, split, list_separator, on_bad_line, rows))
+
+
+_END = object()
+
+
+def _read_ahead(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``batches``, with the next one read in a thread while the caller works on the current one:
+    decoding Parquet (and validating in Arrow) releases the GIL, so a build's reading overlaps its
+    encoding. At most two batches are held; an error is raised where the batch would have come."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ifusion-read-ahead") as pool:
+        pending = pool.submit(next, batches, _END)
+        while True:
+            batch = pending.result()
+            if batch is _END:
+                return
+            pending = pool.submit(next, batches, _END)
+            yield batch
+
+
+def _split_batches(root: str, split: str, list_separator: str, on_bad_line: OnBadLine,
+                   rows: Optional[int]) -> Iterator[pa.Table]:
+    """:func:`iter_split` without the read-ahead."""
     files = find_split_files(root)
     single = len(set(files.values())) == 1
     aliases = pa.array([alias for alias, target in _SPLIT_ALIASES.items() if target == split])
@@ -351,10 +375,11 @@ class TrainVocabularies:
     #: the vocabularies instead of growing with the number of batches.
     MERGE_EVERY = 8
 
-    def _keep(self, name: str, values: "pa.Array | pa.ChunkedArray") -> None:
+    def _keep(self, name: str, values: "pa.Array | pa.ChunkedArray", unique: bool = False) -> None:
+        """Keep ``values``' distinct ids for ``name`` (``unique``: they are distinct already)."""
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         parts = self._distinct.setdefault(name, [])
-        parts.append(distinct(values))
+        parts.append(values if unique else distinct(values))
         if len(parts) >= self.MERGE_EVERY:
             self._distinct[name] = [distinct(self._merged(name, parts))]
 
@@ -378,8 +403,7 @@ class TrainVocabularies:
             raise ValueError(f"the train split's files differ in their optional columns: {self._columns} vs {columns}")
         history = pc.list_flatten(train["item_history"]).cast(train["item_id"].type)
         self._keep("users", train["user_id"])
-        self._keep("items", train["item_id"])
-        self._keep("items", history)
+        items_kept = False
         if "cate_id" in train.column_names:
             cates = [train["cate_id"]]
             paired_items = [train["item_id"]]
@@ -390,9 +414,18 @@ class TrainVocabularies:
                 self._keep("cates", values)
             # Each batch's last pair per item (candidates, then histories); the batches'
             # catalogues are reduced the same way, so a later batch's pair wins.
-            self._catalogues.append(Vocabularies.catalogue(_joined(*paired_items), _joined(*cates)))
+            catalogue = Vocabularies.catalogue(_joined(*paired_items), _joined(*cates))
+            self._catalogues.append(catalogue)
             if len(self._catalogues) >= self.MERGE_EVERY:
                 self._catalogues = [self._catalogue()]
+            # Pairing every item (candidates and histories) with a category, none null, the
+            # catalogue lists the batch's distinct items: no second pass over them.
+            if len(paired_items) == 2 and not any(values.null_count for values in cates):
+                self._keep("items", catalogue["item"], unique=True)
+                items_kept = True
+        if not items_kept:
+            self._keep("items", train["item_id"])
+            self._keep("items", history)
         for name in self.context_columns:
             self._keep(f"context:{name}", train[name])
         if "behavior_history" in train.column_names:
@@ -509,22 +542,28 @@ def _ragged_histories(table: pa.Table, vocabularies: TableVocabularies, options:
 
     encoded = {name: values.astype(np.int32) for name, values in encoded.items()}  # the cache's width
 
-    def part(values: np.ndarray, begin: np.ndarray, end: np.ndarray, shape: tuple[int, ...]) -> Ragged:
+    def positions(begin: np.ndarray, end: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        # Each row's part [begin, end) as row offsets and positions in the kept behaviours,
+        # computed once per part and shared by its columns.
         counts = end - begin
         row_offsets = np.zeros(len(counts) + 1, dtype=np.int32)
         np.cumsum(counts, out=row_offsets[1:])
-        taken = values[_ranges(kept_starts + begin - keep_begin, counts)]
-        return Ragged(pa.ListArray.from_arrays(pa.array(row_offsets), pa.array(taken)), shape)
+        return pa.array(row_offsets), _ranges(kept_starts + begin - keep_begin, counts)
 
+    def part(values: np.ndarray, at: tuple[pa.Array, np.ndarray], shape: tuple[int, ...]) -> Ragged:
+        row_offsets, taken = at
+        return Ragged(pa.ListArray.from_arrays(row_offsets, pa.array(values[taken])), shape)
+
+    long_part, session_part = positions(long_begin, long_end), positions(short_begin, lengths)
     sessions = (options.num_sessions, options.session_len)
     out = {
-        "long_items": part(encoded["items"], long_begin, long_end, (options.long_len,)),
-        "long_cates": part(encoded["cates"], long_begin, long_end, (options.long_len,)),
-        "session_items": part(encoded["items"], short_begin, lengths, sessions),
-        "session_cates": part(encoded["cates"], short_begin, lengths, sessions),
+        "long_items": part(encoded["items"], long_part, (options.long_len,)),
+        "long_cates": part(encoded["cates"], long_part, (options.long_len,)),
+        "session_items": part(encoded["items"], session_part, sessions),
+        "session_cates": part(encoded["cates"], session_part, sessions),
     }
     if "behaviors" in encoded:
-        out["session_behaviors"] = part(encoded["behaviors"], short_begin, lengths, sessions)
+        out["session_behaviors"] = part(encoded["behaviors"], session_part, sessions)
     return out
 
 

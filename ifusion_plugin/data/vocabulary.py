@@ -137,7 +137,10 @@ def _lookup(table: tuple[int, np.ndarray], values: pa.Array) -> Optional[np.ndar
         return None
     # A null becomes low - 1, like any id below the span: clipped onto the table's OOV ends.
     raw = (pc.fill_null(values, low - 1) if values.null_count else values).to_numpy()
-    return index[np.clip(raw - (low - 1), 0, len(index) - 1)]
+    slots = raw - (low - 1)
+    if len(slots) and (slots.min() < 0 or slots.max() >= len(index)):  # two reductions cost less than a clip
+        np.clip(slots, 0, len(index) - 1, out=slots)
+    return index[slots]
 
 
 def _dense_span(values: pa.Array, per_value: int = Vocabulary.DENSE_SPAN_PER_KEY,
