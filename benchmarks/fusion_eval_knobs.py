@@ -31,6 +31,7 @@ from benchmarks.evaluation import (
     evaluate,
     load_task,
     recipe_datamodule,
+    run_datamodule,
     split_batches,
 )
 from ifusion_plugin.fusion import InterestFusion
@@ -48,7 +49,12 @@ def serve_grid(args: argparse.Namespace) -> None:
     # The sweep's checkpoints, found as benchmarks.fusion_contribution finds them.
     logs = Path(args.logs) if args.logs else ROOT / "benchmarks" / "out" / f"logs-{Path(args.runs).parent.name}"
     checkpoints = [best_checkpoint(logs, f"{r['host']}-ifusion-seed{r['seed']}") for r in runs]
-    data = recipe_datamodule(args.data, args.data_root, eval_batch_size=2048, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    cache = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    # The data of the sweep's own resolved config when it kept one (every option its runs used),
+    # else the --data recipe.
+    config = Path(args.runs).parent / "configs" / f"{runs[0]['host']}-ifusion-seed{runs[0]['seed']}.yaml"
+    data = (run_datamodule(config, args.data_root, eval_batch_size=2048, **cache) if config.exists()
+            else recipe_datamodule(args.data, args.data_root, eval_batch_size=2048, **cache))
     batches = split_batches(data, args.split)
     settings = [(t, s) for s in args.sampling_steps for t in [None, *args.t_start]]
     results: dict[tuple[str, Optional[int], int], list[float]] = {}
@@ -71,7 +77,7 @@ def main() -> None:
     source.add_argument("--ckpt", help="checkpoint of a CTRTask whose host uses InterestFusion")
     source.add_argument("--runs", help="runs.jsonl of `python -m benchmarks.quality`: every iFusion checkpoint in it")
     parser.add_argument("--logs", help="with --runs: the sweep's logs and checkpoints (default benchmarks/out/logs-<name of the runs' directory>)")
-    parser.add_argument("--data", default="movielens-1m", help="with --runs: the data recipe the sweep used (recipes/data/<name>.yaml)")
+    parser.add_argument("--data", default="movielens-1m", help="with --runs, for a sweep without configs/: the data recipe it used (recipes/data/<name>.yaml)")
     parser.add_argument("--data-root", default=None, help="override the data's root (--ckpt: its run's config.yaml names the data)")
     parser.add_argument("--cache-dir", default=None, help="dataset cache (default: $IFUSION_CACHE_DIR or ~/.cache)")
     parser.add_argument("--threads", type=int, default=2)

@@ -56,6 +56,15 @@ def test_quality_quick_and_resume(tmp_path) -> None:
     assert all(m["low"] <= m["zeroed_minus_kept"] <= m["high"] and m["mean_abs_gate"] > 0 for m in measured.values())
     assert "| TWIN | 2 |" in contribution.stdout
 
+    # Serving knobs over the sweep's iFusion checkpoints (found under its logs): one row per
+    # host x t_start, both seeds in each.
+    knobs = subprocess.run([sys.executable, "-m", "benchmarks.fusion_eval_knobs", "--runs", str(out / "runs.jsonl"),
+                            "--logs", str(tmp_path / "logs"), "--t-start", "10", "--threads", "1"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert knobs.returncode == 0, knobs.stderr[-3000:]
+    grid = [line for line in knobs.stdout.splitlines() if line.startswith(("| avgpool |", "| twin |"))]
+    assert len(grid) == 4 and all("| 1 | 2 |" in line for line in grid), knobs.stdout
+
     # The benchmarks' one checkpoint evaluator rebuilds a run's data from the config.yaml fit
     # saved and scores its best checkpoint as the CLI's test did.
     from benchmarks.evaluation import (
