@@ -152,7 +152,8 @@ def _read_file(path: str, list_separator: str, on_bad_line: OnBadLine = "error")
     return table
 
 
-#: Rows per batch when a split is streamed: the build holds one batch's columns at a time.
+#: Rows per batch when a split is streamed: the build holds two batches' columns at a time
+#: (the one it encodes and the one read ahead).
 STREAM_ROWS = 65536
 
 
@@ -179,8 +180,9 @@ def iter_split(root: str, split: str, list_separator: str = " ", on_bad_line: On
                rows: Optional[int] = None) -> Iterator[pa.Table]:
     """Stream one split of a table dataset as validated tables of at most ``rows`` rows.
 
-    Shards are read in name order, each Parquet file by row-group batches, so memory holds one
-    batch, not the split. A row named in an error counts from the start of its file.
+    Shards are read in name order, each Parquet file by row-group batches, the next batch read
+    ahead in a thread while the caller works on the current one, so memory holds at most two
+    batches, not the split. A row named in an error counts from the start of its file.
 
     Args:
         root: see :func:`find_split_files`.

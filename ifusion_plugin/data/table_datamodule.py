@@ -6,8 +6,8 @@ the vocabularies from the train split (unseen ids -> ``OOV_ID``), splits each hi
 :func:`~ifusion_plugin.data.sequences.split_history` and caches the encoded splits like every
 other source. The build streams: Parquet shards are read by row-group batches of
 :data:`~ifusion_plugin.data.table.STREAM_ROWS` rows, once for the vocabularies and once to
-encode, and each encoded batch is written before the next is read, so memory holds one batch
-and the vocabularies, not the table. See ``docs/table.md``.
+encode (the next batch read ahead in a thread), and each encoded batch is written as it is
+done, so memory holds two batches and the vocabularies, not the table. See ``docs/table.md``.
 """
 
 from __future__ import annotations
