@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..batch import FIRST_ID, OOV_ID, PAD_ID
+from .hashing import HashedIds
 from .logs import OnBadLine, read_delimited
 from .sequences import SequenceOptions, chunk_ranges, split_histories, split_history
 from .storage import Ragged
@@ -533,16 +534,25 @@ def _ragged_histories(table: pa.Table, vocabularies: TableVocabularies, options:
     # Each row's kept behaviours, encoded once; the parts are slices of them.
     kept_lengths = lengths - keep_begin
     kept_starts = np.cumsum(kept_lengths) - kept_lengths
-    encoded = {"items": vocabularies.items.encode(_history_values(table, "item_history", "item_id").take(kept))}
+    jobs = {"items": (vocabularies.items, "item_history", "item_id")}
     if vocabularies.cates is not None and "cate_history" in table.column_names:
-        encoded["cates"] = vocabularies.cates.encode(_history_values(table, "cate_history").take(kept))
-    else:
-        encoded["cates"] = np.full(len(kept), OOV_ID, dtype=np.int64)
+        jobs["cates"] = (vocabularies.cates, "cate_history", None)
     if "behavior_history" in table.column_names:
         assert vocabularies.behaviors is not None, "vocabularies built from a table without behavior_history"
-        encoded["behaviors"] = vocabularies.behaviors.encode(_history_values(table, "behavior_history").take(kept))
+        jobs["behaviors"] = (vocabularies.behaviors, "behavior_history", None)
 
-    encoded = {name: values.astype(np.int32) for name, values in encoded.items()}  # the cache's width
+    def encode_column(vocabulary: "Vocabulary | HashedIds", name: str, like: Optional[str]) -> np.ndarray:
+        return vocabulary.encode(_history_values(table, name, like).take(kept)).astype(np.int32)  # the cache's width
+
+    # The columns in threads: Arrow's take and NumPy's lookups release the GIL, so the item and
+    # category columns are encoded on two cores (beside the read-ahead's decoding).
+    # A pool per batch, not per process: a forked process (a DataLoader worker) must not inherit
+    # a pool whose threads it does not have.
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="ifusion-encode") as pool:
+        futures = {name: pool.submit(encode_column, *job) for name, job in jobs.items()}
+        encoded = {name: future.result() for name, future in futures.items()}
+    if "cates" not in encoded:
+        encoded["cates"] = np.full(len(kept), OOV_ID, dtype=np.int32)
 
     def positions(begin: np.ndarray, end: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         # Each row's part [begin, end) as row offsets and positions in the kept behaviours,
