@@ -240,27 +240,33 @@ def seed_interval(differences: list[float], level: float = 0.95) -> tuple[float,
 
 
 def against_baselines(hosts: list[str], pairs: dict[str, dict]) -> str:
-    """iFusion against both layers it would replace, per host: the user-bootstrap intervals (the
-    project's rule), the seed-level t-intervals, and how many seeds agree. "better" where both
-    bootstrap intervals lie above zero; "better, also across seeds" where the seed-level ones do too."""
+    """iFusion against the layers it would replace, per host: the user-bootstrap intervals (the
+    project's rule), the seed-level t-intervals, and how many seeds agree. "better" where every
+    bootstrap interval lies above zero; "better, also across seeds" where the seed-level ones do
+    too. A sweep without gate gets "-" in its columns and a verdict against concat alone."""
     lines = ["| host | iFusion - concat [bootstrap 95 %] | [seed-level t 95 %] | seeds above | "
              "iFusion - gate [bootstrap 95 %] | [seed-level t 95 %] | seeds above | above max(concat, gate) |",
              "|---|---|---|---|---|---|---|---|"]
     for host in hosts:
         versus = [pairs.get(f"{host}/ifusion"), pairs.get(f"{host}/ifusion-vs-gate")]
-        if any(pair is None for pair in versus):
+        if versus[0] is None:
             continue
-        cells, seed_low = [], []
+        cells, seed_low, present = [], [], [pair for pair in versus if pair is not None]
         for pair in versus:
+            if pair is None:
+                cells += ["-", "-", "-"]
+                continue
             per_seed = pair.get("per_seed", [])
             low, high = seed_interval(per_seed)
             seed_low.append(low)
             cells += [f"{pair['diff']:+.4f} [{pair['low']:+.4f}, {pair['high']:+.4f}]", f"[{low:+.4f}, {high:+.4f}]",
                       f"{sum(d > 0 for d in per_seed)} of {len(per_seed)}"]
-        if all(pair["low"] > 0 for pair in versus):
+        if all(pair["low"] > 0 for pair in present):
             verdict = "better, also across seeds" if all(low > 0 for low in seed_low) else "better (bootstrap); not across seeds"
         else:
-            verdict = "worse" if any(pair["high"] < 0 for pair in versus) else "within noise"
+            verdict = "worse" if any(pair["high"] < 0 for pair in present) else "within noise"
+        if versus[1] is None:
+            verdict += " (against concat; gate not run)"
         lines.append(f"| {HOST_NAMES[host]} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
@@ -384,7 +390,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         popularity_path.write_text(json.dumps(popularity(args), indent=1) + "\n")
     pop = json.loads(popularity_path.read_text()) if popularity_path.exists() else {}
     text = table(runs, args.hosts, args.fusions, args.seeds, pairs)
-    if any(key.endswith("/ifusion-vs-gate") for key in pairs):
+    if any(key.endswith("/ifusion") for key in pairs):
         text += "\n\niFusion against the layers it would replace (paired, same test rows):\n\n" + against_baselines(args.hosts, pairs)
     commits = sorted({r.get("commit", "?") for r in runs.values()})
     header = (f"Data: {args.data}; seeds {args.seeds}; one epoch; commit(s) {', '.join(commits)}; "

@@ -124,3 +124,11 @@ def test_against_baselines_separates_bootstrap_and_seed_evidence() -> None:
     assert rows["AvgPoolDNN"].endswith("| better, also across seeds |") and "| 3 of 3 |" in rows["AvgPoolDNN"]
     assert rows["TWIN"].endswith("| better (bootstrap); not across seeds |") and "| 2 of 3 |" in rows["TWIN"]
     assert rows["DIN"].endswith("| worse |") and "| 0 of 3 |" in rows["DIN"]
+
+    # A sweep without gate (concat and iFusion only): gate's cells empty, the verdict against concat.
+    rows = {line.split(" | ")[0].strip("| "): line for line in against_baselines(["sim", "twin"], {
+        "sim/ifusion": pair(0.006, 0.003, 0.009, [0.01, -0.002, 0.01]),
+        "twin/ifusion": pair(-0.001, -0.004, 0.003, [0.01, -0.01, -0.003]),
+    }).splitlines()[2:]}
+    assert rows["SIM"].endswith("| - | - | - | better (bootstrap); not across seeds (against concat; gate not run) |")
+    assert rows["TWIN"].endswith("| within noise (against concat; gate not run) |") and "| 1 of 3 |" in rows["TWIN"]
