@@ -430,22 +430,13 @@ def run_one(
         for k, v in params.items()
         if k not in ("train_data", "valid_data", "test_data", "batch_size", "shuffle")
     }
-    train_gen = loader(
-        feature_map,
-        params["train_data"],
-        split="train",
-        batch_size=params["batch_size"],
-        shuffle=params["shuffle"],
-        **kwargs,
-    )
-    valid_gen = loader(
-        feature_map,
-        params["valid_data"],
-        split="valid",
-        batch_size=params["batch_size"],
-        shuffle=False,
-        **kwargs,
-    )
+
+    def make_loader(split: str, shuffle: bool) -> Any:
+        return loader(feature_map, params[f"{split}_data"], split=split, batch_size=params["batch_size"],
+                      shuffle=shuffle, **kwargs)
+
+    train_gen = make_loader("train", params["shuffle"])
+    valid_gen = make_loader("valid", False)
 
     eval_s = [0.0]
     inner_eval = net.eval_step
@@ -467,14 +458,7 @@ def run_one(
     valid_result = net.evaluate(valid_gen, metrics=["logloss", "AUC"])
     del train_gen, valid_gen
     log.info("******** Test evaluation ********")
-    test_gen = loader(
-        feature_map,
-        params["test_data"],
-        split="test",
-        batch_size=params["batch_size"],
-        shuffle=False,
-        **kwargs,
-    )
+    test_gen = make_loader("test", False)
     test_result = net.evaluate(test_gen)
 
     n_train = _count_rows(params["train_data"])
